@@ -1,0 +1,302 @@
+"""Shared machinery of the PyTorch -> Flax converters: checkpoint readers and a strict rename table.
+
+A converter is data: a list of `Rule`s (source-key regex -> our parameter path, transform) and
+lists of intentional gaps (`Gap`: source keys we do not use, our parameters the checkpoint does not
+provide). `convert_tensors` applies them against the expected parameter shapes (from
+`jax.eval_shape` of our model) and raises one `ConversionError` that lists every missing,
+unexpected and mis-shaped key at once.
+
+Rules whose regex has a named group `layer` fill slot `layer` of a parameter stacked on axis 0
+(our scanned layers); every slot must be filled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+Array = np.ndarray
+
+
+class ConversionError(ValueError):
+    """Raised with the complete diff between a checkpoint and the expected parameters."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms (PyTorch layout -> Flax layout).
+
+
+def identity(x: Array) -> Array:
+    return x
+
+
+def linear(x: Array) -> Array:
+    """nn.Linear weight [out, in] -> Dense kernel [in, out]."""
+    return x.T
+
+
+def conv2d(x: Array) -> Array:
+    """nn.Conv2d weight OIHW -> Conv kernel HWIO."""
+    return x.transpose(2, 3, 1, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Source keys matching `pattern` (re.fullmatch) go to `target` ('/'-path, `{group}` fields
+    filled from the match) after `transform`. A `layer` group selects a slot on axis 0."""
+
+    pattern: str
+    target: str
+    transform: Callable[[Array], Array] = identity
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """An intentional difference: keys matching `pattern` are not converted, because `reason`."""
+
+    pattern: str
+    reason: str
+
+
+def linear_rules(src: str, dst: str) -> list[Rule]:
+    """nn.Linear `src.{weight,bias}` -> Dense `dst/{kernel,bias}`."""
+    return [Rule(src + r"\.weight", dst + "/kernel", linear), Rule(src + r"\.bias", dst + "/bias")]
+
+
+def norm_rules(src: str, dst: str) -> list[Rule]:
+    """nn.LayerNorm / GroupNorm `src.{weight,bias}` -> `dst/{scale,bias}`."""
+    return [Rule(src + r"\.weight", dst + "/scale"), Rule(src + r"\.bias", dst + "/bias")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: every format yields (key, loader) so only one tensor is in memory at a time.
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
+    """(key, loader, nbytes) for each tensor of a .safetensors file, memory-mapped.
+
+    The format is an 8-byte little-endian header length, a JSON header of
+    {name: {dtype, shape, data_offsets}}, then the raw data; numpy has no bfloat16, so this reads
+    it with ml_dtypes rather than through `safetensors.numpy`.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ConversionError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        loader = lambda s=start, e=end, d=dtype, sh=shape: np.asarray(
+            data[s:e].view(d).reshape(sh))
+        yield key, loader, end - start
+
+
+def read_torch_bin(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
+    """(key, loader, nbytes) for a `torch.save`d state dict, loaded with `weights_only=True`
+    (no arbitrary pickled code runs) and memory-mapped."""
+    import torch  # Only the converters' extra needs PyTorch.
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - report the file with the reason.
+        raise ConversionError(f"{path}: cannot load as a weights-only PyTorch file: {e}") from e
+    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    for key in list(state):
+        t = state[key]
+        if not isinstance(t, torch.Tensor):
+            raise ConversionError(f"{path}: entry {key!r} is a {type(t).__name__}, not a tensor")
+
+        def loader(t=t):
+            t = t.detach()
+            if t.dtype == torch.bfloat16:
+                return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            return t.numpy()
+
+        yield key, loader, t.numel() * t.element_size()
+
+
+def hf_checkpoint_files(src: Path) -> list[Path]:
+    """The weight files of an HF-layout directory: sharded (index JSON) or single file."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = src / index_name
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+            absent = [f for f in files if not (src / f).exists()]
+            if absent:
+                raise ConversionError(f"{index} names shards that are not in {src}: {absent}")
+            return [src / f for f in files]
+        if (src / single).exists():
+            return [src / single]
+    raise ConversionError(
+        f"{src}: no model.safetensors[.index.json] or pytorch_model.bin[.index.json] found")
+
+
+def read_hf_checkpoint(src: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
+    for f in hf_checkpoint_files(src):
+        print(f"reading {f.name} ({f.stat().st_size / 2**30:.2f} GiB)", file=sys.stderr)
+        yield from (read_safetensors(f) if f.suffix == ".safetensors" else read_torch_bin(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# The strict conversion.
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        path = f"{prefix}/{k}" if prefix else str(k)
+        out.update(flatten(v, path) if isinstance(v, Mapping) else {path: v})
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+class Progress:
+    """Prints tensors and bytes done with the rate, at most every `every` seconds."""
+
+    def __init__(self, total_bytes: int | None = None, every: float = 2.0):
+        self.total, self.every = total_bytes, every
+        self.count = self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, nbytes: int, final: bool = False) -> None:
+        self.count += 1
+        self.done += nbytes
+        now = time.monotonic()
+        if final or now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9) / 2**20
+            total = f" / {self.total / 2**30:.2f}" if self.total else ""
+            print(f"  {self.count} tensors, {self.done / 2**30:.2f}{total} GiB, "
+                  f"{rate:.0f} MiB/s", file=sys.stderr)
+
+
+def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rules: list[Rule],
+                    expected: Mapping[str, Any], *, unused: list[Gap] = (),
+                    not_in_checkpoint: list[Gap] = (), dtype: Any = None,
+                    progress: Progress | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Fills the expected parameter tree from a checkpoint's tensors, strictly.
+
+    source: (key, loader, nbytes) triples; expected: nested dict of shape/dtype structs (e.g. from
+    `jax.eval_shape`); unused: source keys deliberately not converted; not_in_checkpoint: our
+    parameters the checkpoint deliberately lacks (left out of the result). dtype: output dtype
+    (None: the expected leaf's dtype). Returns a nested dict of numpy arrays; with `dry_run`,
+    only names and shapes are checked and the leaves are the expected specs (nothing allocated).
+    """
+    expected_flat = {p: s for p, s in flatten(expected).items()
+                     if not any(re.fullmatch(g.pattern, p) for g in not_in_checkpoint)}
+    compiled = [(re.compile(r.pattern), r) for r in rules]
+    out: dict[str, Array] = {}
+    filled: dict[str, set[int]] = {}
+    unexpected, misshaped, duplicate = [], [], []
+    for key, load, nbytes in source:
+        if any(re.fullmatch(g.pattern, key) for g in unused):
+            continue
+        match = next(((m, r) for rx, r in compiled if (m := rx.fullmatch(key))), None)
+        if match is None:
+            unexpected.append(key)
+            continue
+        m, rule = match
+        groups = m.groupdict()
+        target = rule.target.format(**groups)
+        if target not in expected_flat:
+            unexpected.append(f"{key} (-> {target}, which the model does not have)")
+            continue
+        spec = expected_flat[target]
+        shape = tuple(spec.shape)
+        layer = int(groups["layer"]) if "layer" in groups else None
+        if layer is not None:
+            if layer >= shape[0]:
+                unexpected.append(f"{key} (layer {layer}, the model has {shape[0]})")
+                continue
+            shape = shape[1:]
+        value = rule.transform(load())
+        if tuple(value.shape) != shape:
+            misshaped.append(f"{key}: {tuple(value.shape)} after transform, {target} expects "
+                             f"{shape}")
+            continue
+        out_dtype = dtype or spec.dtype
+        if layer is None:
+            if target in out:
+                duplicate.append(f"{key} -> {target}")
+            out[target] = spec if dry_run else np.asarray(value, dtype=out_dtype)
+        else:
+            if target not in out:
+                out[target] = spec if dry_run else np.zeros(spec.shape, dtype=out_dtype)
+            if layer in filled.setdefault(target, set()):
+                duplicate.append(f"{key} -> {target}[{layer}]")
+            if not dry_run:
+                out[target][layer] = value
+            filled[target].add(layer)
+        if progress:
+            progress.update(nbytes)
+    if progress:
+        progress.update(0, final=True)
+
+    missing = []
+    for path, spec in expected_flat.items():
+        if path not in out:
+            missing.append(f"{path} {tuple(spec.shape)}")
+        elif path in filled and len(filled[path]) != spec.shape[0]:
+            absent = sorted(set(range(spec.shape[0])) - filled[path])
+            missing.append(f"{path} layers {absent}")
+    problems = [("missing (our parameter, no checkpoint key)", missing),
+                ("unexpected (checkpoint key, no rule)", unexpected),
+                ("mis-shaped", misshaped), ("duplicate", duplicate)]
+    if any(items for _, items in problems):
+        lines = ["checkpoint does not match the model:"]
+        for title, items in problems:
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines.extend(f"    {item}" for item in items)
+        raise ConversionError("\n".join(lines))
+    return unflatten(out)
+
+
+def describe_gaps(unused: list[Gap], not_in_checkpoint: list[Gap]) -> str:
+    lines = ["intentional gaps:"]
+    lines += [f"  unused checkpoint keys {g.pattern}: {g.reason}" for g in unused]
+    lines += [f"  parameters not in the checkpoint {g.pattern}: {g.reason}"
+              for g in not_in_checkpoint]
+    return "\n".join(lines)
+
+
+def ensure_new_dir(path: os.PathLike) -> Path:
+    path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty; choose a new --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

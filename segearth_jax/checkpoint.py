@@ -1,0 +1,49 @@
+"""Parameter checkpoints on disk: an orbax PyTree checkpoint plus a small JSON model spec.
+
+Layout of a converted/exported model directory:
+  params/      orbax checkpoint of the parameter tree
+  model.json   how to rebuild the model: {"kind": "mipha", "variant": ..., "overrides": {...}}
+  tokenizer/   tokenizer files (when the source had them)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def save_params(directory: str | Path, params: Any) -> None:
+    """Writes `params` to `directory/params` (synchronously)."""
+    path = Path(directory).absolute() / "params"
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, params)
+
+
+def restore_params(directory: str | Path, target: Any | None = None) -> Any:
+    """Reads `directory/params`; with `target` (arrays or ShapeDtypeStructs, e.g. from
+    `jax.eval_shape`) the tree, dtypes and shardings are checked and cast to it."""
+    path = Path(directory).absolute() / "params"
+    if not path.exists():
+        raise FileNotFoundError(f"no parameter checkpoint at {path}")
+    with ocp.StandardCheckpointer() as ckptr:
+        if target is None:
+            return ckptr.restore(path)
+        target = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            target)
+        return ckptr.restore(path, target)
+
+
+def write_model_spec(directory: str | Path, spec: dict[str, Any]) -> None:
+    (Path(directory) / "model.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+
+
+def read_model_spec(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "model.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: {directory} is not a converted model")
+    return json.loads(path.read_text())

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny random Mipha in PyTorch, written in the published layout and converted
+by our converter (so every parity test also exercises the converter)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # No test may download anything.
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity on every backend.
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_torch():
+    from convert.tiny_mipha import torch_modules
+
+    return torch_modules(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from convert.tiny_mipha import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("mipha_src"), "safetensors", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_checkpoint, tmp_path_factory) -> Path:
+    from convert import mipha
+
+    return mipha.convert(tiny_checkpoint, tmp_path_factory.mktemp("mipha_out") / "m",
+                         dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_converted):
+    from segearth_jax import checkpoint
+
+    return checkpoint.restore_params(tiny_converted)
