@@ -12,8 +12,9 @@ setup() {
   . .venv/bin/activate
   if ! python -c "import segearth_jax, torch, pytest" 2>/dev/null \
       || [ pyproject.toml -nt .venv/.installed ]; then
-    python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[test]"
+    # (the grep drops this machine's pip notes about absent local index folders)
+    python -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+    python -m pip install --quiet -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
     touch .venv/.installed
   fi
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

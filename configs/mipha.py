@@ -14,7 +14,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         dtype="float32" if arg == "tiny" else "bfloat16",  # compute dtype
         param_dtype="float32",
         lm_head_bias=True,  # False: the official SegEarth-R2 lm_head
-        attention_impl=None,  # jax.nn.dot_product_attention: None (auto), "xla", "cudnn"
+        attention_impl="auto",  # "auto" (cuDNN on GPU where it applies), "xla", "cudnn"
         remat_policy="none" if arg == "tiny" else "dots_no_batch",
         seg_probe_heads="mean",
         lora=dict(rank=8, alpha=16.0, dropout=0.05, targets=r".*/(q_proj|v_proj)"),

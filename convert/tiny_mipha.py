@@ -22,8 +22,11 @@ from segearth_jax.models.mipha import MiphaConfig
 FORMATS = ("safetensors", "sharded", "bin")
 
 
-def torch_modules(seed: int = 0, variant: str = "tiny"):
-    """(PhiForCausalLM, SiglipVisionModel, projector) with random weights, fp32, eval mode."""
+def torch_modules(seed: int = 0, variant: str = "tiny", randomize: bool = True):
+    """(PhiForCausalLM, SiglipVisionModel, projector) with random weights, fp32, eval mode.
+
+    randomize: redraw every tensor from N(0, 0.2) (tests); False keeps HF's initialization.
+    """
     cfg = MiphaConfig.from_variant(variant)
     torch.manual_seed(seed)
     llm, vis = cfg.llm, cfg.vision
@@ -43,7 +46,7 @@ def torch_modules(seed: int = 0, variant: str = "tiny"):
     # HF init leaves some tensors (biases, LayerNorms) at 0/1; randomize everything so that a
     # wrong rename or transpose cannot hide behind a constant.
     with torch.no_grad():
-        for module in (phi, siglip, projector):
+        for module in (phi, siglip, projector) if randomize else ():
             for p in module.parameters():
                 p.copy_(torch.randn_like(p) * 0.2)
     return phi.eval(), siglip.eval(), projector.eval()

@@ -38,8 +38,9 @@ class MiphaConfig:
             raise ValueError(f"unknown Mipha variant {name!r}; known: {sorted(VARIANTS)}")
         vision, llm = VARIANTS[name]
         return cls(
-            vision=SiglipConfig.from_variant(vision, dtype=dtype, param_dtype=param_dtype,
-                                             attention_impl=llm_overrides.get("attention_impl")),
+            vision=SiglipConfig.from_variant(
+                vision, dtype=dtype, param_dtype=param_dtype,
+                attention_impl=llm_overrides.get("attention_impl", "auto")),
             llm=PhiConfig.from_variant(llm, lora=lora, dtype=dtype, param_dtype=param_dtype,
                                        **llm_overrides))
 

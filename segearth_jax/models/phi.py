@@ -24,6 +24,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.attention import dot_product_attention
 from segearth_jax.models.lora import LoRAConfig, dense
 
 # Architecture variants (HF PhiConfig field meanings). `phi-2` is the Mipha-3B language model.
@@ -57,7 +58,7 @@ class PhiConfig:
     embd_pdrop: float = 0.0
     image_token_id: int = -200  # LLaVA's IMAGE_TOKEN_INDEX: placeholder rows in input_ids.
     seg_probe_heads: str = "mean"  # 'mean': [B, S, N] per layer; 'all': [B, H, S, N].
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation.
+    attention_impl: str | None = "auto"  # see models/attention.py
     remat_policy: str = "none"  # a key of REMAT_POLICIES.
     lora: LoRAConfig = LoRAConfig()
     dtype: Any = jnp.float32  # compute dtype.
@@ -180,9 +181,8 @@ class PhiAttention(nn.Module):
                 rows = rows.mean(axis=1)  # [B, S, N]
             self.sow("intermediates", "seg_attention", rows)
 
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
-                                           is_causal=is_causal,
-                                           implementation=cfg.attention_impl)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                    is_causal=is_causal, implementation=cfg.attention_impl)
         out = out.reshape(b, t, cfg.hidden_size)
         return proj("dense", cfg.hidden_size)(out, self.deterministic)
 

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.attention import dot_product_attention
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "So400m/14": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14,
                       image_size=384),
@@ -34,7 +36,7 @@ class SiglipConfig:
     patch_size: int = 14
     image_size: int = 384
     layer_norm_eps: float = 1e-6
-    attention_impl: str | None = None
+    attention_impl: str | None = "auto"  # see models/attention.py
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -70,7 +72,7 @@ class SiglipAttention(nn.Module):
         q = heads(_dense(cfg, d, "q_proj")(x))
         k = heads(_dense(cfg, d, "k_proj")(x))
         v = heads(_dense(cfg, d, "v_proj")(x))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
+        out = dot_product_attention(q, k, v, implementation=cfg.attention_impl)
         return _dense(cfg, d, "out_proj")(out.reshape(b, n, d))
 
 
