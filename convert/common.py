@@ -54,11 +54,22 @@ def conv2d(x: Array) -> Array:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Source keys matching `pattern` (re.fullmatch) go to `target` ('/'-path, `{group}` fields
-    filled from the match) after `transform`. A `layer` group selects a slot on axis 0."""
+    filled from the match) after `transform`. A `layer` group selects a slot on axis 0.
+
+    A tuple of targets splits one source tensor (e.g. fused qkv): `transform` then returns one
+    array per target.
+    """
 
     pattern: str
-    target: str
-    transform: Callable[[Array], Array] = identity
+    target: str | tuple[str, ...]
+    transform: Callable[[Array], Array | tuple[Array, ...]] = identity
+
+
+def split_rows(n: int, then: Callable[[Array], Array] = identity
+               ) -> Callable[[Array], tuple[Array, ...]]:
+    """Splits a fused tensor into `n` equal parts along axis 0 (PyTorch's stacked q, k, v),
+    then applies `then` to each part."""
+    return lambda x: tuple(then(part) for part in np.split(x, n, axis=0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,36 +242,39 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
             continue
         m, rule = match
         groups = m.groupdict()
-        target = rule.target.format(**groups)
-        if target not in expected_flat:
-            unexpected.append(f"{key} (-> {target}, which the model does not have)")
-            continue
-        spec = expected_flat[target]
-        shape = tuple(spec.shape)
+        split = isinstance(rule.target, tuple)
+        targets = [t.format(**groups) for t in (rule.target if split else (rule.target,))]
+        values = rule.transform(load())
+        values = values if split else (values,)
         layer = int(groups["layer"]) if "layer" in groups else None
-        if layer is not None:
-            if layer >= shape[0]:
-                unexpected.append(f"{key} (layer {layer}, the model has {shape[0]})")
+        for target, value in zip(targets, values, strict=True):
+            if target not in expected_flat:
+                unexpected.append(f"{key} (-> {target}, which the model does not have)")
                 continue
-            shape = shape[1:]
-        value = rule.transform(load())
-        if tuple(value.shape) != shape:
-            misshaped.append(f"{key}: {tuple(value.shape)} after transform, {target} expects "
-                             f"{shape}")
-            continue
-        out_dtype = dtype or spec.dtype
-        if layer is None:
-            if target in out:
-                duplicate.append(f"{key} -> {target}")
-            out[target] = spec if dry_run else np.asarray(value, dtype=out_dtype)
-        else:
-            if target not in out:
-                out[target] = spec if dry_run else np.zeros(spec.shape, dtype=out_dtype)
-            if layer in filled.setdefault(target, set()):
-                duplicate.append(f"{key} -> {target}[{layer}]")
-            if not dry_run:
-                out[target][layer] = value
-            filled[target].add(layer)
+            spec = expected_flat[target]
+            shape = tuple(spec.shape)
+            if layer is not None:
+                if layer >= shape[0]:
+                    unexpected.append(f"{key} (layer {layer}, the model has {shape[0]})")
+                    continue
+                shape = shape[1:]
+            if tuple(value.shape) != shape:
+                misshaped.append(f"{key}: {tuple(value.shape)} after transform, {target} "
+                                 f"expects {shape}")
+                continue
+            out_dtype = dtype or spec.dtype
+            if layer is None:
+                if target in out:
+                    duplicate.append(f"{key} -> {target}")
+                out[target] = spec if dry_run else np.asarray(value, dtype=out_dtype)
+            else:
+                if target not in out:
+                    out[target] = spec if dry_run else np.zeros(spec.shape, dtype=out_dtype)
+                if layer in filled.setdefault(target, set()):
+                    duplicate.append(f"{key} -> {target}[{layer}]")
+                if not dry_run:
+                    out[target][layer] = value
+                filled[target].add(layer)
         if progress:
             progress.update(nbytes)
     if progress:

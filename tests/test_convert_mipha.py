@@ -120,3 +120,14 @@ def test_full_size_layout_reports_a_missing_reference_key():
         convert_tensors(_reference_source(drop={"model.layers.7.self_attn.v_proj.weight"}),
                         mipha.rules(), mipha.expected_params(cfg), unused=unused,
                         not_in_checkpoint=missing_ok, dry_run=True)
+
+
+def test_split_rule_fills_several_targets_from_one_fused_tensor():
+    from convert.common import Rule, linear, split_rows
+
+    fused = np.arange(6 * 4, dtype=np.float32).reshape(6, 4)  # [3 * out, in], q;k;v rows
+    expected = {n: {"kernel": jax.ShapeDtypeStruct((4, 2), np.float32)} for n in "qkv"}
+    rule = Rule(r"attn\.qkv\.weight", ("q/kernel", "k/kernel", "v/kernel"), split_rows(3, linear))
+    got = convert_tensors(iter([("attn.qkv.weight", lambda: fused, 0)]), [rule], expected)
+    for i, n in enumerate("qkv"):
+        np.testing.assert_array_equal(got[n]["kernel"], fused[2 * i: 2 * i + 2].T)
