@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import re
 import struct
 import sys
@@ -314,3 +315,43 @@ def ensure_new_dir(path: os.PathLike) -> Path:
         raise FileExistsError(f"{path} exists and is not empty; choose a new --out")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# detectron2 pickles: numpy arrays in plain containers, read without running pickled code.
+
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed")
+
+
+def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
+    """(key, loader, nbytes) for each array of a detectron2 `.pkl` (`{"model": {name: array}}`).
+
+    Only numpy arrays, dtypes and plain containers are unpickled; anything else (e.g. a callable
+    smuggled into the file) raises `ConversionError` before it can run.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise ConversionError(f"{path}: not a detectron2 checkpoint of numpy arrays: {e}") from e
+    state = data.get("model", data) if isinstance(data, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path}: expected a dict with a 'model' dict of arrays")
+    for key, value in state.items():
+        if not isinstance(value, np.ndarray):
+            raise ConversionError(f"{path}: entry {key!r} is a {type(value).__name__}, "
+                                  "not a numpy array")
+        yield key, (lambda v=value: v), value.nbytes
