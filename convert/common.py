@@ -133,8 +133,10 @@ def read_torch_bin(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - report the file with the reason.
         raise ConversionError(f"{path}: cannot load as a weights-only PyTorch file: {e}") from e
-    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
+    for wrapper in ("model", "state_dict"):  # {"model": sd} (official Swin), Lightning-style
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
     for key in list(state):
         t = state[key]
         if not isinstance(t, torch.Tensor):
