@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import transformers  # noqa: E402
 from convert import mipha as mipha_convert  # noqa: E402
 from convert.common import convert_tensors  # noqa: E402
 from convert.tiny_mipha import mipha_state_dict, torch_modules  # noqa: E402
+from experiments.timing import timeit  # noqa: E402
 from segearth_jax.models.mipha import Mipha, MiphaConfig  # noqa: E402
 
 PRESETS = {
@@ -39,16 +39,6 @@ PRESETS = {
     "mipha3b": dict(num_layers=32, seq=1024, batch=4, dtype="bfloat16", images=True),
 }
 
-
-def timeit(fn, iters: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,21 +28,11 @@ import transformers  # noqa: E402
 
 from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, swin  # noqa: E402
 from convert.common import convert_tensors  # noqa: E402
+from experiments.timing import timeit  # noqa: E402
 from segearth_jax.models.msdeform_attn import multi_scale_deformable_attention  # noqa: E402
 from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder  # noqa: E402
 from segearth_jax.models.seg_head import SegHead, SegHeadConfig  # noqa: E402
 from segearth_jax.models.swin import SwinTransformer  # noqa: E402
-
-
-def timeit(fn, iters: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
