@@ -4,8 +4,12 @@
 
 Rename tables for the official Swin names (the ImageNet .pth: `torch.load(f)["model"]`, and
 detectron2's `backbone.*` in Mask2Former checkpoints, which adds `norm0..norm3`) and for
-transformers' `SwinBackbone`. Key list:
-../shared/reference/swin_base_patch4_window12_384_22k_keys.tsv.
+transformers' `SwinBackbone` (both the 4.x names of the published files and the 5.x module
+names). Key list: ../shared/reference/swin_base_patch4_window12_384_22k_keys.tsv.
+
+Our layout is the official one with `.` -> `/` and `layers.i.blocks.j` -> `layers_i/blocks_j`;
+the only transforms are the fused `attn.qkv` split into q/k/v (rows stacked q, k, v) and the
+PyTorch -> Flax kernel layouts (Linear [out, in] -> [in, out], Conv OIHW -> HWIO).
 """
 
 from __future__ import annotations
@@ -36,102 +40,120 @@ from convert.common import (
 from segearth_jax import checkpoint
 from segearth_jax.models.swin import VARIANTS, SwinConfig, SwinTransformer
 
-_B = r"layers\.(?P<i>\d+)\.blocks\.(?P<j>\d+)"
-_BLOCK = "layers_{i}_blocks_{j}"
+# Source regex of a block (after the prefix) and our path of it (after dst_prefix).
+_BLOCK_SRC = r"layers\.(?P<i>\d+)\.blocks\.(?P<j>\d+)"
+_BLOCK_DST = "layers_{i}/blocks_{j}"
+_DOWN_SRC = r"layers\.(?P<i>\d+)\.downsample"
+_DOWN_DST = "layers_{i}/downsample"
+
+NORMS_REASON = "initialized at 1/0; Mask2Former's checkpoint provides them"
 
 
 def official_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
-    """Official Swin / detectron2 names (after the regex `src_prefix`) -> `dst_prefix/...`."""
+    """Official Swin / detectron2 `D2SwinTransformer` names (after the regex `src_prefix`: "" for
+    the ImageNet .pth, r"backbone\\." for Mask2Former) -> `dst_prefix/...` of our tree.
+
+    `norm0..norm3` (detectron2's per-stage output norms) are mapped too; the ImageNet .pth lacks
+    them (see `output_norms_gap`)."""
     p, d = src_prefix, dst_prefix
-    blk = f"{d}/{_BLOCK}"
+    b, blk = p + _BLOCK_SRC, f"{d}/{_BLOCK_DST}"
     return [
-        Rule(p + r"patch_embed\.proj\.weight", d + "/patch_embed_proj/kernel", conv2d),
-        Rule(p + r"patch_embed\.proj\.bias", d + "/patch_embed_proj/bias"),
-        *norm_rules(p + r"patch_embed\.norm", d + "/patch_embed_norm"),
-        *norm_rules(p + _B + r"\.(?P<n>norm1|norm2)", blk + "/{n}"),
-        Rule(p + _B + r"\.attn\.relative_position_bias_table",
+        Rule(p + r"patch_embed\.proj\.weight", d + "/patch_embed/proj/kernel", conv2d),
+        Rule(p + r"patch_embed\.proj\.bias", d + "/patch_embed/proj/bias"),
+        *norm_rules(p + r"patch_embed\.norm", d + "/patch_embed/norm"),
+        *norm_rules(b + r"\.(?P<n>norm1|norm2)", blk + "/{n}"),
+        Rule(b + r"\.attn\.relative_position_bias_table",
              blk + "/attn/relative_position_bias_table"),
-        Rule(p + _B + r"\.attn\.qkv\.weight", tuple(f"{blk}/attn/{n}/kernel" for n in "qkv"),
+        # Fused qkv: rows [q; k; v] (each C rows) -> three Dense layers.
+        Rule(b + r"\.attn\.qkv\.weight", tuple(f"{blk}/attn/{n}/kernel" for n in "qkv"),
              split_rows(3, linear)),
-        Rule(p + _B + r"\.attn\.qkv\.bias", tuple(f"{blk}/attn/{n}/bias" for n in "qkv"),
+        Rule(b + r"\.attn\.qkv\.bias", tuple(f"{blk}/attn/{n}/bias" for n in "qkv"),
              split_rows(3)),
-        *linear_rules(p + _B + r"\.attn\.proj", blk + "/attn/proj"),
-        *linear_rules(p + _B + r"\.mlp\.(?P<n>fc1|fc2)", blk + "/{n}"),
-        Rule(p + r"layers\.(?P<i>\d+)\.downsample\.reduction\.weight",
-             d + "/layers_{i}_downsample/reduction/kernel", linear),
-        *norm_rules(p + r"layers\.(?P<i>\d+)\.downsample\.norm", d + "/layers_{i}_downsample/norm"),
-        *norm_rules(p + r"norm(?P<i>[0-3])", d + "/norm{i}"),
+        *linear_rules(b + r"\.attn\.proj", blk + "/attn/proj"),
+        *linear_rules(b + r"\.mlp\.(?P<n>fc1|fc2)", blk + "/mlp/{n}"),
+        Rule(p + _DOWN_SRC + r"\.reduction\.weight", f"{d}/{_DOWN_DST}/reduction/kernel", linear),
+        *norm_rules(p + _DOWN_SRC + r"\.norm", f"{d}/{_DOWN_DST}/norm"),
+        *norm_rules(p + r"norm(?P<i>\d+)", d + "/norm{i}"),
     ]
 
 
 def official_unused(src_prefix: str) -> list[Gap]:
-    p = src_prefix
+    """Official-checkpoint keys we deliberately do not convert (after the regex `src_prefix`)."""
+    p, b = src_prefix, src_prefix + _BLOCK_SRC
     return [
-        Gap(p + _B + r"\.attn\.relative_position_index", "a constant, recomputed in the model"),
-        Gap(p + _B + r"\.attn_mask", "the shift mask depends on the input size; recomputed"),
-        Gap(p + r"(head|norm)\.(weight|bias)", "ImageNet classifier and its final norm: the "
-                                               "backbone has one output norm per stage"),
+        Gap(b + r"\.attn\.relative_position_index", "a constant buffer, recomputed in the model"),
+        Gap(b + r"\.attn_mask", "the shift-mask buffer depends on the input size; recomputed"),
+        Gap(p + r"head\.(weight|bias)", "the ImageNet classifier"),
+        Gap(p + r"norm\.(weight|bias)", "the classifier's final norm: the backbone has one "
+                                        "output norm per stage (norm0..norm3) instead"),
     ]
 
 
+def output_norms_gap(dst_prefix: str) -> Gap:
+    """Our per-stage output norms, which the ImageNet .pth does not have (`not_in_checkpoint`)."""
+    return Gap(dst_prefix + r"/norm\d+/(scale|bias)", NORMS_REASON)
+
+
 def hf_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
-    """transformers (5.x) `SwinBackbone` names (after the regex `src_prefix`) ->
-    `dst_prefix/...`."""
-    p, d = src_prefix, dst_prefix
-    b = p + r"swin\.encoder\.layers\.(?P<i>\d+)\.blocks\.(?P<j>\d+)"
-    blk = f"{d}/{_BLOCK}"
+    """transformers `SwinBackbone` names (after the regex `src_prefix`) -> `dst_prefix/...`.
+
+    Accepts both spellings: the 4.x names of the published files (`embeddings.*`,
+    `encoder.layers.i.blocks.j.attention.self.query`, `attention.output.dense`,
+    `intermediate.dense`, `output.dense`) and the 5.x module names (`swin.embeddings.*`,
+    `attention.q_proj`, `attention.o_proj`, `mlp.fc1`, ...). `hidden_states_norms.stageK` is the
+    output norm of stage K - 1 (stage1 = res2 = our norm0)."""
+    p, d = src_prefix + r"(?:swin\.)?", dst_prefix
+    b, blk = p + r"encoder\." + _BLOCK_SRC, f"{d}/{_BLOCK_DST}"
+    att = b + r"\.attention\."
     return [
-        Rule(p + r"swin\.embeddings\.patch_embeddings\.projection\.weight",
-             d + "/patch_embed_proj/kernel", conv2d),
-        Rule(p + r"swin\.embeddings\.patch_embeddings\.projection\.bias",
-             d + "/patch_embed_proj/bias"),
-        *norm_rules(p + r"swin\.embeddings\.norm", d + "/patch_embed_norm"),
+        Rule(p + r"embeddings\.patch_embeddings\.projection\.weight",
+             d + "/patch_embed/proj/kernel", conv2d),
+        Rule(p + r"embeddings\.patch_embeddings\.projection\.bias", d + "/patch_embed/proj/bias"),
+        *norm_rules(p + r"embeddings\.norm", d + "/patch_embed/norm"),
         *norm_rules(b + r"\.layernorm_before", blk + "/norm1"),
         *norm_rules(b + r"\.layernorm_after", blk + "/norm2"),
-        Rule(b + r"\.attention\.relative_position_bias\.relative_position_bias_table",
+        Rule(att + r"(?:relative_position_bias|self)\.relative_position_bias_table",
              blk + "/attn/relative_position_bias_table"),
-        *linear_rules(b + r"\.attention\.(?P<n>q|k|v)_proj", blk + "/attn/{n}"),
-        *linear_rules(b + r"\.attention\.o_proj", blk + "/attn/proj"),
-        *linear_rules(b + r"\.mlp\.(?P<n>fc1|fc2)", blk + "/{n}"),
-        Rule(p + r"swin\.encoder\.layers\.(?P<i>\d+)\.downsample\.reduction\.weight",
-             d + "/layers_{i}_downsample/reduction/kernel", linear),
-        *norm_rules(p + r"swin\.encoder\.layers\.(?P<i>\d+)\.downsample\.norm",
-                    d + "/layers_{i}_downsample/norm"),
-        # stageK is the output of stage K - 1 (stage1 = res2 = our norm0).
-        *(r for k in range(4) for r in norm_rules(p + rf"hidden_states_norms\.stage{k + 1}",
-                                                  f"{d}/norm{k}")),
+        *(r for n, old in (("q", "query"), ("k", "key"), ("v", "value"))
+          for r in linear_rules(att + rf"(?:{n}_proj|self\.{old})", f"{blk}/attn/{n}")),
+        *linear_rules(att + r"(?:o_proj|output\.dense)", blk + "/attn/proj"),
+        *linear_rules(b + r"\.(?:mlp\.fc1|intermediate\.dense)", blk + "/mlp/fc1"),
+        *linear_rules(b + r"\.(?:mlp\.fc2|output\.dense)", blk + "/mlp/fc2"),
+        Rule(p + r"encoder\." + _DOWN_SRC + r"\.reduction\.weight",
+             f"{d}/{_DOWN_DST}/reduction/kernel", linear),
+        *norm_rules(p + r"encoder\." + _DOWN_SRC + r"\.norm", f"{d}/{_DOWN_DST}/norm"),
+        *(r for k in range(4)
+          for r in norm_rules(src_prefix + rf"hidden_states_norms\.stage{k + 1}", f"{d}/norm{k}")),
     ]
 
 
 def hf_unused(src_prefix: str) -> list[Gap]:
-    return [Gap(src_prefix + r".*relative_position_index", "a constant, recomputed"),
-            Gap(src_prefix + r"swin\.layernorm\.(weight|bias)",
-                "SwinModel's final norm: the backbone uses the per-stage norms")]
+    """transformers `SwinBackbone` keys we deliberately do not convert."""
+    return [Gap(src_prefix + r".*relative_position_index", "a constant buffer, recomputed"),
+            Gap(src_prefix + r"(?:swin\.)?layernorm\.(weight|bias)",
+                "SwinModel's final norm (5.x): the backbone uses the per-stage norms")]
 
 
 def expected_params(cfg: SwinConfig):
-    """Our parameter shapes (jax.eval_shape; nothing allocated)."""
-    x = jnp.zeros((1, 64, 64, 3), cfg.dtype)
+    """Our parameter shapes (jax.eval_shape of `init`; nothing allocated)."""
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     return jax.eval_shape(SwinTransformer(cfg).init, jax.random.key(0), x)["params"]
 
 
 def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
             dtype: str = "float32") -> Path:
-    """Official Swin .pth -> `out` (orbax params + model.json)."""
+    """Official Swin .pth -> `out` (orbax params + model.json). The per-stage output norms,
+    absent from the .pth, are written as LayerNorm's initial 1/0."""
     src = Path(src)
     if not src.is_file():
         raise ConversionError(f"--src {src} is not a file")
     cfg = SwinConfig.from_variant(variant)
-    unused = official_unused("")
-    # The .pth has no per-stage output norms: they start at LayerNorm's 1/0 init.
-    missing_ok = [Gap(r"swin/norm[0-3]/(scale|bias)",
-                      "per-stage output norms: initialized at 1/0; Mask2Former's checkpoint "
-                      "provides them")]
+    unused, missing_ok = official_unused(""), [output_norms_gap("swin")]
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
-    expected = expected_params(cfg)
     params = convert_tensors(read_torch_bin(src), official_rules("", "swin"),
-                             {"swin": expected}, unused=unused, not_in_checkpoint=missing_ok,
-                             dtype=np.dtype(dtype), progress=Progress(src.stat().st_size))["swin"]
+                             {"swin": expected_params(cfg)}, unused=unused,
+                             not_in_checkpoint=missing_ok, dtype=np.dtype(dtype),
+                             progress=Progress(src.stat().st_size))["swin"]
     for i, c in enumerate(cfg.channels):
         params[f"norm{i}"] = {"scale": np.ones(c, dtype), "bias": np.zeros(c, dtype)}
     out = ensure_new_dir(out)
@@ -146,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--src", required=True, help="official Swin .pth ({'model': state})")
     parser.add_argument("--out", required=True, help="new output directory")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="B/12")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="stored parameter dtype")
     args = parser.parse_args(argv)
     try:
         out = convert(args.src, args.out, variant=args.variant, dtype=args.dtype)
