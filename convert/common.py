@@ -12,6 +12,7 @@ Rules whose regex has a named group `layer` fill slot `layer` of a parameter sta
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -357,3 +358,41 @@ def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array
             raise ConversionError(f"{path}: entry {key!r} is a {type(value).__name__}, "
                                   "not a numpy array")
         yield key, (lambda v=value: v), value.nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# The converters' shared command line and output.
+
+
+def converter_parser(doc: str, src_help: str, variants, default_variant: str | None,
+                     default_dtype: str = "float32") -> argparse.ArgumentParser:
+    """`--src`, `--out`, `--variant`, `--dtype`; a converter adds its own flags to it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--src", required=True, help=src_help)
+    parser.add_argument("--out", required=True, help="new output directory")
+    parser.add_argument("--variant", choices=sorted(variants), default=default_variant,
+                        help=f"model size (default: {default_variant or 'from the source'})")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=default_dtype,
+                        help="stored parameter dtype")
+    return parser
+
+
+def run_converter(convert_fn: Callable[..., Path], args: argparse.Namespace, **extra: Any) -> None:
+    """Calls `convert_fn(src, out, variant=, dtype=, **extra)`; a `ConversionError` exits with
+    its message (the full diff) instead of a traceback."""
+    try:
+        out = convert_fn(args.src, args.out, variant=args.variant, dtype=args.dtype, **extra)
+    except ConversionError as e:
+        sys.exit(f"error: {e}")
+    print(f"done: {out}")
+
+
+def write_converted(out: os.PathLike, params: Mapping[str, Any], spec: dict[str, Any]) -> Path:
+    """Writes params (orbax) and model.json into the new directory `out`; returns it."""
+    from segearth_jax import checkpoint
+
+    out = ensure_new_dir(out)
+    print(f"writing {out}", file=sys.stderr)
+    checkpoint.save_params(out, params)
+    checkpoint.write_model_spec(out, spec)
+    return out

@@ -12,7 +12,6 @@ only numpy arrays and plain containers. Key list:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,11 +25,12 @@ from convert.common import (
     Gap,
     Progress,
     convert_tensors,
+    converter_parser,
     describe_gaps,
-    ensure_new_dir,
     read_detectron2_pickle,
+    run_converter,
+    write_converted,
 )
-from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import VARIANTS, SegHead, SegHeadConfig
 
 BACKBONE, PIXEL_DECODER, PREDICTOR = r"backbone\.", r"sem_seg_head\.pixel_decoder\.", (
@@ -65,25 +65,14 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "swin-b",
     params = convert_tensors(read_detectron2_pickle(src), rules(), expected_params(cfg),
                              unused=unused(), dtype=np.dtype(dtype),
                              progress=Progress(src.stat().st_size))
-    out = ensure_new_dir(out)
-    checkpoint.save_params(out, params)
-    checkpoint.write_model_spec(out, {"kind": "seg_head", "variant": variant, "dtype": dtype,
-                                      "source": str(src.absolute())})
-    return out
+    return write_converted(out, params, {"kind": "seg_head", "variant": variant, "dtype": dtype,
+                                         "source": str(src.absolute())})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", required=True, help="detectron2 .pkl ({'model': {name: array}})")
-    parser.add_argument("--out", required=True, help="new output directory")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="swin-b")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    args = parser.parse_args(argv)
-    try:
-        out = convert(args.src, args.out, variant=args.variant, dtype=args.dtype)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
-    print(f"done: {out}")
+    parser = converter_parser(__doc__, "detectron2 .pkl ({'model': {name: array}})", VARIANTS,
+                              "swin-b")
+    run_converter(convert, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ tokenizer files. Key layout: ../shared/reference/mipha3b_keys.tsv.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -26,14 +25,15 @@ from convert.common import (
     Rule,
     conv2d,
     convert_tensors,
+    converter_parser,
     describe_gaps,
-    ensure_new_dir,
     hf_checkpoint_files,
     linear_rules,
     norm_rules,
     read_hf_checkpoint,
+    run_converter,
+    write_converted,
 )
-from segearth_jax import checkpoint
 from segearth_jax.models.mipha import VARIANTS, Mipha, MiphaConfig
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
@@ -127,12 +127,9 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     params = convert_tensors(read_hf_checkpoint(src), rules(), expected_params(cfg),
                              unused=unused, not_in_checkpoint=missing_ok,
                              dtype=np.dtype(dtype), progress=Progress(total))
-    out = ensure_new_dir(out)
-    print(f"writing {out}", file=sys.stderr)
-    checkpoint.save_params(out, params)
-    checkpoint.write_model_spec(out, {"kind": "mipha", "variant": variant, "dtype": dtype,
-                                      "overrides": {"lm_head_bias": lm_head_bias},
-                                      "source": str(src.absolute())})
+    out = write_converted(out, params, {"kind": "mipha", "variant": variant, "dtype": dtype,
+                                        "overrides": {"lm_head_bias": lm_head_bias},
+                                        "source": str(src.absolute())})
     tok = [f for f in TOKENIZER_FILES if (src / f).exists()]
     if tok:
         (out / "tokenizer").mkdir()
@@ -142,22 +139,12 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", required=True, help="Mipha-3B checkpoint directory (HF layout)")
-    parser.add_argument("--out", required=True, help="new output directory")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                        help="model size (default: inferred from config.json)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="stored parameter dtype")
+    parser = converter_parser(__doc__, "Mipha-3B checkpoint directory (HF layout)", VARIANTS,
+                              None, default_dtype="bfloat16")
     parser.add_argument("--no-lm-head-bias", dest="lm_head_bias", action="store_false",
                         help="drop lm_head.bias, as the official SegEarth-R2 does")
     args = parser.parse_args(argv)
-    try:
-        out = convert(args.src, args.out, variant=args.variant, dtype=args.dtype,
-                      lm_head_bias=args.lm_head_bias)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
-    print(f"done: {out}")
+    run_converter(convert, args, lm_head_bias=args.lm_head_bias)
 
 
 if __name__ == "__main__":

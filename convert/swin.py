@@ -14,7 +14,6 @@ PyTorch -> Flax kernel layouts (Linear [out, in] -> [in, out], Conv OIHW -> HWIO
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,15 +28,16 @@ from convert.common import (
     Rule,
     conv2d,
     convert_tensors,
+    converter_parser,
     describe_gaps,
-    ensure_new_dir,
     linear,
     linear_rules,
     norm_rules,
     read_torch_bin,
+    run_converter,
     split_rows,
+    write_converted,
 )
-from segearth_jax import checkpoint
 from segearth_jax.models.swin import VARIANTS, SwinConfig, SwinTransformer
 
 # Source regex of a block (after the prefix) and our path of it (after dst_prefix).
@@ -156,26 +156,13 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
                              progress=Progress(src.stat().st_size))["swin"]
     for i, c in enumerate(cfg.channels):
         params[f"norm{i}"] = {"scale": np.ones(c, dtype), "bias": np.zeros(c, dtype)}
-    out = ensure_new_dir(out)
-    checkpoint.save_params(out, params)
-    checkpoint.write_model_spec(out, {"kind": "swin", "variant": variant, "dtype": dtype,
-                                      "source": str(src.absolute())})
-    return out
+    return write_converted(out, params, {"kind": "swin", "variant": variant, "dtype": dtype,
+                                         "source": str(src.absolute())})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", required=True, help="official Swin .pth ({'model': state})")
-    parser.add_argument("--out", required=True, help="new output directory")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="B/12")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="stored parameter dtype")
-    args = parser.parse_args(argv)
-    try:
-        out = convert(args.src, args.out, variant=args.variant, dtype=args.dtype)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
-    print(f"done: {out}")
+    parser = converter_parser(__doc__, "official Swin .pth ({'model': state})", VARIANTS, "B/12")
+    run_converter(convert, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
