@@ -15,6 +15,7 @@ from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHead, SegHeadConfig
 from tests.conftest import SHARED
+from tests.test_swin import _official_state_dict as _official_swin_state_dict
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
 HF = r"pixel_level_module\.encoder\.", r"pixel_level_module\.decoder\.", r"transformer_module\."
@@ -83,34 +84,15 @@ def _detectron2_state_dict(hf_model) -> dict[str, np.ndarray]:
     enc, pdp, tm = "pixel_level_module.encoder.", "pixel_level_module.decoder.", (
         "transformer_module.")
     cfg = SegHeadConfig.from_variant("tiny")
-    # Backbone.
-    out["backbone.patch_embed.proj.weight"] = sd[enc + "swin.embeddings.patch_embeddings."
-                                                 "projection.weight"]
-    out["backbone.patch_embed.proj.bias"] = sd[enc + "swin.embeddings.patch_embeddings."
-                                               "projection.bias"]
+    # Backbone: the official Swin names (tests/test_swin.py), under `backbone.`, with the
+    # per-stage output norms and without the .pth-only buffers and classifier.
+    swin_official = _official_swin_state_dict(hf_model.pixel_level_module.encoder)
+    for k, v in swin_official.items():
+        if not (k.endswith("attn_mask") or k.split(".")[0] in ("head", "norm")):
+            out["backbone." + k] = v.numpy()
     for t in ("weight", "bias"):
-        out[f"backbone.patch_embed.norm.{t}"] = sd[enc + f"swin.embeddings.norm.{t}"]
         for i in range(4):
             out[f"backbone.norm{i}.{t}"] = sd[enc + f"hidden_states_norms.stage{i + 1}.{t}"]
-    for i, depth in enumerate(cfg.swin.depths):
-        for j in range(depth):
-            h, o = enc + f"swin.encoder.layers.{i}.blocks.{j}.", f"backbone.layers.{i}.blocks.{j}."
-            for t in ("weight", "bias"):
-                out[o + f"norm1.{t}"] = sd[h + f"layernorm_before.{t}"]
-                out[o + f"norm2.{t}"] = sd[h + f"layernorm_after.{t}"]
-                out[o + f"attn.qkv.{t}"] = np.concatenate(
-                    [sd[h + f"attention.{n}_proj.{t}"] for n in "qkv"])
-                out[o + f"attn.proj.{t}"] = sd[h + f"attention.o_proj.{t}"]
-                out[o + f"mlp.fc1.{t}"] = sd[h + f"mlp.fc1.{t}"]
-                out[o + f"mlp.fc2.{t}"] = sd[h + f"mlp.fc2.{t}"]
-            out[o + "attn.relative_position_bias_table"] = sd[
-                h + "attention.relative_position_bias.relative_position_bias_table"]
-            out[o + "attn.relative_position_index"] = np.zeros((16, 16), np.int64)
-        if i < 3:
-            h = enc + f"swin.encoder.layers.{i}.downsample."
-            out[f"backbone.layers.{i}.downsample.reduction.weight"] = sd[h + "reduction.weight"]
-            for t in ("weight", "bias"):
-                out[f"backbone.layers.{i}.downsample.norm.{t}"] = sd[h + f"norm.{t}"]
     # Pixel decoder.
     d2 = "sem_seg_head.pixel_decoder."
     for t in ("weight", "bias"):
