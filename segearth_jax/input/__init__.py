@@ -1,0 +1,1 @@
+"""Dataset records, readers of the released layouts, and input pipelines."""
