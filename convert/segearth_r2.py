@@ -1,0 +1,302 @@
+"""A trained SegEarth-R2 checkpoint (merged HF directory, as the official code saves it) -> our
+`SegEarthR2` parameters.
+
+    python -m convert.segearth_r2 --src MERGED_DIR --out OUT_DIR [--variant segearth_r2|tiny]
+                                  [--dtype float32|bfloat16] [--dry-run]
+
+Input: the directory `segearth_r2/train/merge_lora_weights_and_save_hf_model.py` writes: it loads
+the DeepSpeed training state into `SegEarthR2` (fp16), folds the LoRA factors in
+(`merge_and_unload`) and calls `save_pretrained(state_dict=model.state_dict())` (safetensors,
+sharded with an index above 5 GB; `pytorch_model.bin[.index.json]` is read too) and
+`tokenizer.save_pretrained`. So the keys are the `state_dict` names of the official `SegEarthR2`
+(llava_phi.py), without `base_model.model.` and without LoRA factors:
+
+  key (official)                      -> our path                  rename table (convert.*)
+  model.{embed_tokens,layers,final_layernorm}.*, lm_head.weight,
+  model.vision_tower.vision_model.*, model.mm_projector.{0,2}.*
+                                      -> mllm/...                  mipha.rules
+  model.vision_tower_mask.*           -> seg_head/backbone/...     swin.official_rules
+  pixel_decoder.*                     -> seg_head/pixel_decoder/   m2f_pixel_decoder.d2_rules
+  predictor.*                         -> seg_head/predictor/       m2f_transformer_decoder.d2_rules
+  SEG_token_projector.{weight,bias}   -> seg_projector/{kernel,bias}  (Linear(E, 256))
+
+What differs from the published checkpoints those tables were written for, with the evidence
+(files of earth-insights/SegEarth-R2 as indexed: llava_phi.py @ 30aeeeb, train/*.py and the
+transformer decoder @ f2618bb, requirements.txt @ 4a72b01, unless another repository is named):
+  - `lm_head` is `nn.Linear(hidden, 51200, bias=False)` (llava_phi.py `SegEarthR2.__init__`): no
+    `lm_head.bias`; the written spec has `lm_head_bias: False`.
+  - `model.embed_tokens.weight` has `len(tokenizer)` rows, not 51200: train.py adds `[SEG]` and
+    calls `model.resize_token_embeddings(len(tokenizer))`, and so does the merge script
+    (transformers 4.38.2, requirements.txt). That resizes only the input embedding, because
+    `MiphaPhiForCausalLM` defines no `get_output_embeddings` (lm_head keeps 51200 rows). We pad
+    the embedding with zero rows up to the model's vocabulary: exact for every id the tokenizer
+    can produce (< len(tokenizer)), which are the only rows the official model can look up.
+  - The Swin tower (`model.vision_tower_mask`, mask_encoder/swin_trans.py `build_swin_b`) is the
+    Swin-Transformer-Semantic-Segmentation backbone with `out_indices=(0, 1, 2, 3)`: per-stage
+    output norms `norm0..norm3`, no final `norm`/`head`, `relative_position_index` buffers (kept
+    in the state dict, recomputed by us), shift masks computed in `forward` (no `attn_mask`
+    buffer). Its names are detectron2's `backbone.*` names (it is loaded with a strict
+    `load_state_dict` from the Mask2Former pkl's `backbone.*`). Read from the forks
+    ZiyiHuang2/resegearth and KkkzzkkK/Qwen3.5_SegEarth (the file is absent from the indexed
+    official snapshots).
+  - The pixel decoder is Mask2Former-Simplify's `MSDeformAttnPixelDecoder`
+    (mask_decoder/Mask2Former_Simplify/modeling/pixel_decoder/msdeformattn.py; read in
+    zzubqh/Mask2Former-Simplify and the SegEarth-R2 forks Arijeet-13/SegEarth-R2 and
+    ZiyiHuang2/resegearth): the FPN convs are `nn.Sequential(Conv2d, GroupNorm, ReLU)`, so the
+    keys are `adapter_1.0.weight`, `adapter_1.1.{weight,bias}`, `layer_1.0.weight`,
+    `layer_1.1.{weight,bias}` (the renames in `SegEarthR2.initial_mask_module` confirm the
+    indices), and, unlike detectron2, the convs have a bias (`adapter_1.0.bias`,
+    `layer_1.0.bias`; zero-initialized, absent from the pkl, then trained with the decoder) and
+    `adapter_1` ends in a ReLU. Our `MSDeformAttnPixelDecoder` follows detectron2 (no bias on
+    these convs, no ReLU after `adapter_k`). The biases go to `{adapter,layer}_k/conv/bias` when
+    the model has such parameters; otherwise they must be exactly zero (dropping a zero bias is
+    exact) and a non-zero one raises `ConversionError`. The missing ReLU is a model difference
+    that no converter can fix: outputs differ from the official ones until the model has it.
+  - The predictor is `MultiScaleMaskedTransformerDecoderForOPTPreTrain`
+    (Mask2Former_Simplify/modeling/transformer_decoder/mask2former_transformer_decoder.py): the
+    detectron2 layer names (`transformer_{self,cross}_attention_layers`, `transformer_ffn_layers`,
+    `decoder_norm`, `mask_embed.layers.{0,1,2}`, `level_embed`), `input_proj` empty
+    (`in_channels == hidden_dim`), no `class_embed`, plus tables its forward never reads with
+    `use_seg_query=False` (the default; `predictor_init` does not pass it): `query_feat` (the
+    output starts from the `[SEG]` embedding), `query_embed` and `new_query_embed` (the query
+    position is `torch.zeros` of `new_query_embed`'s shape), `SEG_query_embed`, and `SEG_proj`,
+    `SEG_norm`, `seg_proj_after_norm` (used only when `SEG_embedding` is passed to
+    `forward_prediction_heads`, which `use_seg_query=False` never does).
+  - LoRA: merged, so there are no LoRA factors; the written spec has LoRA rank 0 (a fine-tuning
+    config adds fresh factors).
+  - `Criterion`, `AttentionLoss` and `PositionEmbeddingSine` hold no parameters or buffers.
+
+Unused checkpoint keys (listed as `Gap`s, printed at the start): SigLIP's pooling head, its last
+layer and post-layernorm (Mipha feeds hidden_states[-2]), the Swin `relative_position_index`
+buffers, the predictor tables above. Everything else must match a rule, and every parameter of
+our tree must be filled (strict both ways, full diff in one `ConversionError`).
+
+Output: orbax params, `model.json` with `{"kind": "segearth_r2", "model": {"mllm": ...,
+"seg_head": ...}}` (`SegEarthR2Config.from_config(spec["model"])` rebuilds the model), and the
+tokenizer files under `tokenizer/`. The official merge writes fp16 tensors: `--dtype float32`
+stores them exactly, `bfloat16` rounds them. `--dry-run` checks names and shapes only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convert import m2f_pixel_decoder, m2f_transformer_decoder, mipha, swin
+from convert.common import (
+    Array,
+    ConversionError,
+    Gap,
+    Progress,
+    Rule,
+    conv2d,
+    convert_tensors,
+    converter_parser,
+    describe_gaps,
+    flatten,
+    hf_checkpoint_files,
+    linear_rules,
+    norm_rules,
+    read_hf_checkpoint,
+    run_converter,
+    write_converted,
+)
+from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
+
+# Our variant -> (Mipha variant, segmentation-head variant).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "segearth_r2": ("mipha3b", "swin-b"),  # Mipha-3B (SigLIP So400m + Phi-2) + Swin-B Mask2Former
+    "tiny": ("tiny", "tiny"),
+}
+
+SWIN, PIXEL_DECODER, PREDICTOR = r"model\.vision_tower_mask\.", r"pixel_decoder\.", r"predictor\."
+MLLM, HEAD = "mllm", "seg_head"
+# Mask2Former-Simplify FPN convs: nn.Sequential(Conv2d(bias=True), GroupNorm, ReLU).
+_FPN = PIXEL_DECODER + r"(?P<m>(?:adapter|layer)_\d+)"
+_FPN_BIAS = _FPN + r"\.0\.bias"
+
+
+def model_config(variant: str, dtype: str = "float32") -> SegEarthR2Config:
+    return SegEarthR2Config.from_config(model_spec(variant, dtype))
+
+
+def model_spec(variant: str, dtype: str = "float32") -> dict[str, Any]:
+    """The `model` part of model.json: the official inference model (LoRA merged, no lm_head
+    bias), computing and storing parameters in `dtype`."""
+    llm_variant, head_variant = VARIANTS[variant]
+    return {
+        "mllm": {"variant": llm_variant, "dtype": dtype, "param_dtype": dtype,
+                 "lm_head_bias": False, "attention_impl": "auto", "remat_policy": "none",
+                 "seg_probe_heads": "mean",
+                 "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0,
+                          "targets": ".*/(q_proj|v_proj)"}},
+        "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype},
+    }
+
+
+def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
+    """The same rules with `prefix/` in front of every target."""
+    add = lambda t: f"{prefix}/{t}"
+    return [dataclasses.replace(r, target=tuple(map(add, r.target)) if isinstance(r.target, tuple)
+                                else add(r.target)) for r in rules]
+
+
+def pad_rows(rows: int) -> Callable[[Array], Array]:
+    """Zero rows appended up to `rows` (a resized-down embedding); larger inputs pass unchanged
+    so that the shape check reports them."""
+    def pad(x: Array) -> Array:
+        if x.shape[0] >= rows:
+            return x
+        return np.concatenate([x, np.zeros((rows - x.shape[0], *x.shape[1:]), x.dtype)])
+    return pad
+
+
+def rules(cfg: SegEarthR2Config) -> list[Rule]:
+    """Official key -> our path. The first matching rule wins."""
+    return [
+        # Before the Mipha table: the resized-down embedding (see the module docstring).
+        Rule(r"model\.embed_tokens\.weight", f"{MLLM}/llm/model/embed_tokens/embedding",
+             pad_rows(cfg.mllm.llm.vocab_size)),
+        *_prefixed(mipha.rules(), MLLM),
+        *swin.official_rules(SWIN, f"{HEAD}/backbone"),
+        # Mask2Former-Simplify's Sequential FPN convs, before detectron2's names.
+        Rule(_FPN + r"\.0\.weight", HEAD + "/pixel_decoder/{m}/conv/kernel", conv2d),
+        Rule(_FPN_BIAS, HEAD + "/pixel_decoder/{m}/conv/bias"),
+        *norm_rules(_FPN + r"\.1", HEAD + "/pixel_decoder/{m}/norm"),
+        *m2f_pixel_decoder.d2_rules(PIXEL_DECODER, f"{HEAD}/pixel_decoder"),
+        *m2f_transformer_decoder.d2_rules(PREDICTOR, f"{HEAD}/predictor"),
+        *linear_rules(r"SEG_token_projector", "seg_projector"),
+    ]
+
+
+def gaps(cfg: SegEarthR2Config) -> tuple[list[Gap], list[Gap]]:
+    """(unused checkpoint keys, our parameters not in the checkpoint)."""
+    mllm_unused, mllm_missing = mipha.gaps(cfg.mllm)
+    p = PREDICTOR
+    unused = [
+        *mllm_unused,
+        *swin.official_unused(SWIN),
+        *m2f_transformer_decoder.d2_unused(p),
+        Gap(p + r"(SEG_query_embed|new_query_embed)\.weight",
+            "read only with use_seg_query=True (new_query_embed only for its shape: the query "
+            "position embedding is zero)"),
+        *(Gap(p + pattern, "[SEG]-class head: forward_prediction_heads uses it only when given "
+                           "SEG_embedding, which use_seg_query=False never passes")
+          for pattern in (r"(SEG_proj|seg_proj_after_norm)\.layers\.\d+\.(weight|bias)",
+                          r"SEG_norm\.(weight|bias)")),
+    ]
+    return unused, mllm_missing  # `.*/lora_[ab]`: matches under mllm/ too
+
+
+def expected_params(cfg: SegEarthR2Config):
+    """Shapes of our parameters (jax.eval_shape: nothing allocated)."""
+    image = cfg.mllm.vision.image_size
+    args = (jnp.zeros((1, 8), jnp.int32), jnp.zeros((1, image, image, 3), jnp.float32),
+            jnp.zeros((1, 128, 128, 3), jnp.float32), jnp.zeros((1, 1), jnp.int32),
+            jnp.ones((1, 1), bool))
+    return jax.eval_shape(SegEarthR2(cfg).init, jax.random.key(0), *args)["params"]
+
+
+def _fpn_biases(source: Iterator[tuple[str, Callable[[], Array], int]], expected_paths: set[str]
+                ) -> Iterator[tuple[str, Callable[[], Array], int]]:
+    """Passes the FPN conv biases on when our model has them; otherwise drops them if exactly
+    zero and raises `ConversionError` if not (our detectron2-style FPN convs have no bias)."""
+    for key, load, nbytes in source:
+        m = re.fullmatch(_FPN_BIAS, key)
+        if m and f"{HEAD}/pixel_decoder/{m['m']}/conv/bias" not in expected_paths:
+            x = load()
+            if np.any(x != 0):
+                raise ConversionError(
+                    f"{key}: a non-zero bias (max |b| = {float(np.max(np.abs(x))):.3g}) on an "
+                    f"FPN conv that our pixel decoder builds without bias (detectron2 layout); "
+                    f"the model needs {HEAD}/pixel_decoder/{m['m']}/conv/bias (and the ReLU "
+                    f"after adapter_k's GroupNorm) to reproduce Mask2Former-Simplify")
+            continue
+        yield key, load, nbytes
+
+
+def _find_shapes(src: Path, keys: set[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of `keys` in the checkpoint (loaders are memory-mapped views: nothing is read)."""
+    found = {}
+    for key, load, _ in read_hf_checkpoint(src):
+        if key in keys:
+            found[key] = tuple(load().shape)
+            if len(found) == len(keys):
+                break
+    return found
+
+
+def infer_variant(src: Path) -> str:
+    """The variant whose `lm_head.weight` and `SEG_token_projector.weight` shapes match."""
+    keys = {"lm_head.weight", "SEG_token_projector.weight"}
+    shapes = _find_shapes(src, keys)
+    for name in VARIANTS:
+        cfg = model_config(name)
+        llm, hidden = cfg.mllm.llm, cfg.seg_head.decoder.hidden_dim
+        if shapes == {"lm_head.weight": (llm.vocab_size, llm.hidden_size),
+                      "SEG_token_projector.weight": (hidden, llm.hidden_size)}:
+            return name
+    raise ConversionError(f"{src}: shapes {shapes} of {sorted(keys)} match no variant of "
+                          f"{sorted(VARIANTS)}; pass --variant")
+
+
+def copy_tokenizer(src: Path, out: Path) -> list[str]:
+    """Copies the tokenizer files of `src` (those of `convert.mipha.TOKENIZER_FILES` present)
+    into `out/tokenizer/`; returns their names."""
+    names = [f for f in mipha.TOKENIZER_FILES if (src / f).exists()]
+    if names:
+        (out / "tokenizer").mkdir()
+        for f in names:
+            shutil.copy2(src / f, out / "tokenizer" / f)
+    return names
+
+
+def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
+            dtype: str = "bfloat16", dry_run: bool = False) -> Path:
+    """Converts the merged SegEarth-R2 directory `src` into `out`; returns `out`. With `dry_run`
+    only names and shapes are checked and nothing is written."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConversionError(f"--src {src} is not a directory")
+    variant = variant or infer_variant(src)
+    cfg = model_config(variant, dtype)
+    unused, missing_ok = gaps(cfg)
+    print(describe_gaps(unused, missing_ok), file=sys.stderr)
+    expected = expected_params(cfg)
+    total = sum(f.stat().st_size for f in hf_checkpoint_files(src))
+    source = _fpn_biases(read_hf_checkpoint(src), set(flatten(expected)))
+    params = convert_tensors(source, rules(cfg), expected, unused=unused,
+                             not_in_checkpoint=missing_ok, dtype=np.dtype(dtype),
+                             progress=Progress(total), dry_run=dry_run)
+    if dry_run:
+        n = len(jax.tree_util.tree_leaves(params))
+        print(f"dry run: all {n} parameters match; nothing written", file=sys.stderr)
+        return Path(out)
+    out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
+                                        "model": model_spec(variant, dtype),
+                                        "source": str(src.absolute())})
+    copy_tokenizer(src, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = converter_parser(__doc__, "merged SegEarth-R2 directory (HF layout)", VARIANTS, None,
+                              default_dtype="bfloat16")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check names and shapes only; write nothing")
+    args = parser.parse_args(argv)
+    run_converter(convert, args, dry_run=args.dry_run)
+
+
+if __name__ == "__main__":
+    main()
+
