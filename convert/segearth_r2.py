@@ -47,11 +47,10 @@ transformer decoder @ f2618bb, requirements.txt @ 4a72b01, unless another reposi
     `layer_1.1.{weight,bias}` (the renames in `SegEarthR2.initial_mask_module` confirm the
     indices), and, unlike detectron2, the convs have a bias (`adapter_1.0.bias`,
     `layer_1.0.bias`; zero-initialized, absent from the pkl, then trained with the decoder) and
-    `adapter_1` ends in a ReLU. Our `MSDeformAttnPixelDecoder` follows detectron2 (no bias on
-    these convs, no ReLU after `adapter_k`). The biases go to `{adapter,layer}_k/conv/bias` when
-    the model has such parameters; otherwise they must be exactly zero (dropping a zero bias is
-    exact) and a non-zero one raises `ConversionError`. The missing ReLU is a model difference
-    that no converter can fix: outputs differ from the official ones until the model has it.
+    `adapter_1` ends in a ReLU. The written model has `PixelDecoderConfig.simplify_fpn` on (conv
+    biases at `{adapter,layer}_k/conv/bias`, the lateral ReLU), tested against HF's decoder with
+    those modules swapped in. `--detectron2-fpn` builds detectron2's FPN instead: then the
+    biases must be exactly zero (dropping a zero bias is exact), a non-zero one raises.
   - The predictor is `MultiScaleMaskedTransformerDecoderForOPTPreTrain`
     (Mask2Former_Simplify/modeling/transformer_decoder/mask2former_transformer_decoder.py): the
     detectron2 layer names (`transformer_{self,cross}_attention_layers`, `transformer_ffn_layers`,
@@ -125,13 +124,16 @@ _FPN = PIXEL_DECODER + r"(?P<m>(?:adapter|layer)_\d+)"
 _FPN_BIAS = _FPN + r"\.0\.bias"
 
 
-def model_config(variant: str, dtype: str = "float32") -> SegEarthR2Config:
-    return SegEarthR2Config.from_config(model_spec(variant, dtype))
+def model_config(variant: str, dtype: str = "float32", simplify_fpn: bool = True
+                 ) -> SegEarthR2Config:
+    return SegEarthR2Config.from_config(model_spec(variant, dtype, simplify_fpn))
 
 
-def model_spec(variant: str, dtype: str = "float32") -> dict[str, Any]:
+def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True
+               ) -> dict[str, Any]:
     """The `model` part of model.json: the official inference model (LoRA merged, no lm_head
-    bias), computing and storing parameters in `dtype`."""
+    bias, Mask2Former-Simplify FPN unless `simplify_fpn` is False), computing and storing
+    parameters in `dtype`."""
     llm_variant, head_variant = VARIANTS[variant]
     return {
         "mllm": {"variant": llm_variant, "dtype": dtype, "param_dtype": dtype,
@@ -139,7 +141,8 @@ def model_spec(variant: str, dtype: str = "float32") -> dict[str, Any]:
                  "seg_probe_heads": "mean",
                  "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0,
                           "targets": ".*/(q_proj|v_proj)"}},
-        "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype},
+        "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype,
+                     "pixel_decoder": {"simplify_fpn": simplify_fpn}},
     }
 
 
@@ -261,14 +264,15 @@ def copy_tokenizer(src: Path, out: Path) -> list[str]:
 
 
 def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
-            dtype: str = "bfloat16", dry_run: bool = False) -> Path:
+            dtype: str = "bfloat16", dry_run: bool = False, simplify_fpn: bool = True) -> Path:
     """Converts the merged SegEarth-R2 directory `src` into `out`; returns `out`. With `dry_run`
-    only names and shapes are checked and nothing is written."""
+    only names and shapes are checked and nothing is written. `simplify_fpn=False` targets the
+    detectron2 FPN (no conv biases, no lateral ReLU): only zero FPN biases convert then."""
     src = Path(src)
     if not src.is_dir():
         raise ConversionError(f"--src {src} is not a directory")
     variant = variant or infer_variant(src)
-    cfg = model_config(variant, dtype)
+    cfg = model_config(variant, dtype, simplify_fpn)
     unused, missing_ok = gaps(cfg)
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     expected = expected_params(cfg)
@@ -282,7 +286,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
         print(f"dry run: all {n} parameters match; nothing written", file=sys.stderr)
         return Path(out)
     out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
-                                        "model": model_spec(variant, dtype),
+                                        "model": model_spec(variant, dtype, simplify_fpn),
                                         "source": str(src.absolute())})
     copy_tokenizer(src, out)
     return out
@@ -293,8 +297,11 @@ def main(argv: list[str] | None = None) -> None:
                               default_dtype="bfloat16")
     parser.add_argument("--dry-run", action="store_true",
                         help="check names and shapes only; write nothing")
+    parser.add_argument("--detectron2-fpn", action="store_true",
+                        help="build the detectron2 FPN (no conv bias, no lateral ReLU) instead "
+                             "of the official Mask2Former-Simplify one")
     args = parser.parse_args(argv)
-    run_converter(convert, args, dry_run=args.dry_run)
+    run_converter(convert, args, dry_run=args.dry_run, simplify_fpn=not args.detectron2_fpn)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ def test_every_parameter_is_its_source_tensor(official, converted, tiny_params):
                            mask2former.expected_params(head_cfg), unused=mask2former.unused())
     reference = {**mllm, **{f"seg_head/{k}": v for k, v in flatten(head).items()},
                  "seg_projector/kernel": w.T, "seg_projector/bias": b}
+    for m in ("adapter_1", "layer_1"):  # Mask2Former-Simplify's FPN conv biases
+        reference[f"seg_head/pixel_decoder/{m}/conv/bias"] = sd[f"pixel_decoder.{m}.0.bias"]
     embed = "mllm/llm/model/embed_tokens/embedding"
     assert ours.keys() == reference.keys()
     for path, ref in reference.items():
@@ -189,11 +191,12 @@ def test_problems_raise_naming_the_key(official, tmp_path, change, needle):
         del sd["predictor.decoder_norm.weight"]
     elif change == "unexpected":
         sd["predictor.extra_head.weight"] = np.zeros((2, 2), np.float32)
-    else:  # our detectron2-style FPN convs have no bias: only a zero one can be dropped exactly
+    else:  # detectron2-style FPN convs have no bias: only a zero one can be dropped exactly
         sd["pixel_decoder.layer_1.0.bias"] = np.full_like(sd["pixel_decoder.layer_1.0.bias"], .5)
     src = _write(sd, tmp_path / "src")
     with pytest.raises(ConversionError, match=needle.replace(".", r"\.")):
-        conv.convert(src, tmp_path / "out", variant="tiny", dtype="float32")
+        conv.convert(src, tmp_path / "out", variant="tiny", dtype="float32",
+                     simplify_fpn=change != "fpn_bias")
     assert not (tmp_path / "out").exists()
 
 

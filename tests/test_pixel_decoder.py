@@ -11,7 +11,7 @@ import torch
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former import modeling_mask2former as hf
 
-from convert.common import ConversionError, convert_tensors, linear_rules
+from convert.common import ConversionError, Rule, convert_tensors, linear_rules
 from convert.m2f_pixel_decoder import d2_rules, hf_rules
 from segearth_jax.models.msdeform_attn import MSDeformAttn, multi_scale_deformable_attention
 from segearth_jax.models.pixel_decoder import (
@@ -154,6 +154,36 @@ def test_pixel_decoder_matches_hf(grid):
     for i, (ours, theirs) in enumerate(zip(maps, out.multi_scale_features, strict=True)):
         assert ours.shape == nchw(theirs).shape == feats[3 - i].shape[:3] + (cfg.conv_dim,)
         assert _max_err(ours, nchw(theirs)) <= TOL, f"multi-scale map {i}"
+
+
+
+def test_simplify_fpn_matches_hf_with_mask2former_simplify_convs():
+    """The official SegEarth-R2 FPN (Mask2Former-Simplify): convs with a bias and a ReLU after
+    the lateral GroupNorm. The reference is HF's decoder with exactly those modules swapped in."""
+    cfg = PixelDecoderConfig.from_variant("tiny", simplify_fpn=True)
+    ref = _hf_decoder(cfg, seed=5)
+    c_in, d = cfg.in_channels[0], cfg.conv_dim
+    # In place: HF's forward reaches these Sequentials through its own lists.
+    ref.adapter_1[0] = torch.nn.Conv2d(c_in, d, 1, bias=True)
+    ref.adapter_1.append(torch.nn.ReLU())
+    ref.layer_1[0] = torch.nn.Conv2d(d, d, 3, padding=1, bias=True)
+    _randomize(ref, 5)
+    rng = np.random.default_rng(5)
+    h, w = 10, 14
+    feats = []
+    for c in cfg.in_channels:
+        feats.append(rng.normal(size=(1, h, w, c)).astype(np.float32))
+        h, w = -(-h // 2), -(-w // 2)
+    model = MSDeformAttnPixelDecoder(cfg)
+    expected = jax.eval_shape(model.init, jax.random.key(0), feats)["params"]
+    assert "bias" in expected["adapter_1"]["conv"] and "bias" in expected["layer_1"]["conv"]
+    rules = hf_rules("", "pixel_decoder") + [
+        Rule(r"(?P<m>(?:adapter|layer)_1)\.0\.bias", "pixel_decoder/{m}/conv/bias")]
+    params = convert_tensors(_source(ref), rules, {"pixel_decoder": expected})["pixel_decoder"]
+    mask, maps = jax.jit(model.apply)({"params": params}, feats)
+    with torch.no_grad():
+        out = ref([torch.from_numpy(f).permute(0, 3, 1, 2) for f in feats])
+    assert _max_err(mask, out.mask_features.permute(0, 2, 3, 1)) <= TOL
 
 
 def _reference_source(drop=()):

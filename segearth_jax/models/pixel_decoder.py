@@ -58,6 +58,9 @@ class PixelDecoderConfig:
     num_groups: int = 32  # GroupNorm groups.
     group_norm_eps: float = 1e-5  # torch.nn.GroupNorm default.
     layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm default.
+    # The official SegEarth-R2 uses Mask2Former-Simplify's FPN: its convs have a bias and the
+    # lateral `adapter_k` ends in a ReLU. False: detectron2's Mask2Former (the paper's).
+    simplify_fpn: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -208,10 +211,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             start += h * w
         # FPN on the finer maps, coarse to fine: adapter_k acts on features[k - 1].
         for k in range(cfg.num_fpn_levels, 0, -1):
-            lateral = ConvNorm(cfg, use_bias=False, name=f"adapter_{k}")(
-                features[k - 1].astype(cfg.dtype))
+            lateral = ConvNorm(cfg, use_bias=cfg.simplify_fpn, relu=cfg.simplify_fpn,
+                               name=f"adapter_{k}")(features[k - 1].astype(cfg.dtype))
             x = lateral + resize_bilinear(outputs[-1], *lateral.shape[1:3])
-            outputs.append(ConvNorm(cfg, kernel=3, use_bias=False, relu=True,
+            outputs.append(ConvNorm(cfg, kernel=3, use_bias=cfg.simplify_fpn, relu=True,
                                     name=f"layer_{k}")(x))
         mask_features = _conv(cfg, cfg.mask_dim, 1, True, "mask_features")(outputs[-1])
         return mask_features, outputs[:cfg.num_levels]
