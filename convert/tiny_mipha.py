@@ -65,20 +65,13 @@ def mipha_state_dict(phi, siglip, projector) -> dict[str, torch.Tensor]:
 
 def write_tokenizer(out: Path, vocab_size: int) -> None:
     """A byte-level BPE (GPT-2 style, like Mipha's) trained on a few sentences."""
-    from tokenizers import ByteLevelBPETokenizer
+    from segearth_jax.text import train_tokenizer
 
     text = ["A chat between a curious user and an artificial intelligence assistant.",
             "USER: <image> Please segment the airplane and the tennis court. ASSISTANT: "
             "Sure, it is <p>airplane</p>[SEG] and <p>tennis court</p>[SEG].",
             "buildings, roads, water, trees, ships, harbours, runways, storage tanks"] * 4
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(text, vocab_size=min(vocab_size - 8, 400), min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
-    tok.save_model(str(out))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>",
-        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-        "model_max_length": 2048}, indent=2))
+    train_tokenizer(out, text, vocab_size=min(vocab_size - 8, 400))
 
 
 def write_checkpoint(out: str | Path, fmt: str = "safetensors", seed: int = 0,

@@ -1,0 +1,356 @@
+"""grain input pipeline: records -> fixed-shape numpy batches (DESIGN.md section 5).
+
+    loader = make_loader(source, tokenizer, config.data, train=True, seed=0)
+    it = iter(loader)          # it.get_state() / it.set_state(state) resume exactly
+    batch = next(it)
+
+`source` is any random-access source (`__len__`, `__getitem__`) of records in the TFDS layout
+of `data/builders.py: features()` (`builder.as_data_source()[split]`, or a list of dicts):
+    id, subset, image_name, instruction, answer: text (str or bytes)
+    image: PNG bytes of the RGB uint8 image; masks: uint8 [N, H, W] 0/1 ([0, H, W] if absent)
+    has_masks: bool; height, width: int
+Records are read by index, sharded per JAX process (`ShardByJaxProcess`, drop_remainder), shuffled
+when training, decoded (cv2.imdecode) and preprocessed by `Preprocess` in `worker_count` worker
+processes, then batched to the per-process batch `batch_size // shard_count`.
+
+Train batch (B = per-process batch, L = max_len, S = image_size, Sg = siglip_size,
+g = siglip_size // patch_size, Q = max_seg):
+    siglip_pixels f32 [B, Sg, Sg, 3]   pixels f32 [B, S, S, 3]
+    input_ids i32 [B, L]   labels i32 [B, L]   attention_mask bool [B, L]   (right padding)
+    seg_positions i32 [B, Q] (-1 pad)   seg_valid bool [B, Q]   masks u8 [B, Q, S, S]
+    masks_grid f32 [B, Q, g, g]   image_hw i32 [B, 2]   canvas_hw i32 [B, 2]
+    record_index i64 [B]   truncated bool [B] (answer tail cut, see tokens.py)
+Eval batch (`train=False`): input_ids / attention_mask [B, max_prompt_len] (LEFT padding, the
+generation prompt), siglip_pixels, pixels, image_hw, canvas_hw, n_seg i32 [B] (GT mask count:
+masks.shape[0], or the answer's `[SEG]` count for a record without masks), record_index (the
+evaluator reads original-resolution GT masks from the source by this index).
+
+Errors (`config.on_error`): "raise" (default) raises `RecordError` naming the record, from the
+worker that met it. "skip" first validates every record in the main process (text, mask count,
+PNG header; not the pixels), once, the same way on every process, and samples only the records
+that pass; what it skipped is logged (count per reason, first ids) and kept on
+`loader.validation`. A grain Map cannot drop elements, so skipping happens before sampling; a
+record whose pixels then fail to decode still raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import cv2
+import grain
+import ml_collections
+import numpy as np
+from absl import flags
+
+from segearth_jax import text
+from segearth_jax.input import preprocess, tokens
+from segearth_jax.input.tokens import RecordError, TooLong
+
+log = logging.getLogger(__name__)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The `config.data` keys the pipeline reads, with the paper's values (training configs copy
+    and override them; extra keys such as the dataset name are ignored here)."""
+    return ml_collections.ConfigDict(dict(
+        siglip_size=384,  # SigLIP view (squashed, bicubic)
+        image_size=1024,  # Swin canvas (long edge, bilinear, pad 128)
+        patch_size=14,  # SigLIP patch: spatial-loss grid = siglip_size // patch_size
+        image_token_id=-200,  # placeholder id of the image span in input_ids
+        max_len=1024,  # training sequence (image tokens included)
+        max_seg=8,  # [SEG] queries per example
+        max_prompt_len=960,  # generation prompt (image tokens included)
+        template="default", seg_in_prompt=False, official_prompt=False,  # text.py options
+        spatial_gt="paper",  # "paper" | "official" (preprocess.masks_to_grid)
+        on_error="raise",  # "raise" | "skip"
+        batch_size=4,  # GLOBAL batch; per process: batch_size // process count
+        worker_count=4,  # grain worker processes (0: in the main process)
+        prefetch=2,  # per-worker buffer (batches)
+        read_threads=16,  # grain ReadOptions.num_threads (per process)
+    ))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The preprocessing part of `config.data`, as a small picklable value."""
+
+    siglip_size: int = 384
+    image_size: int = 1024
+    patch_size: int = 14
+    image_token_id: int = -200
+    max_len: int = 1024
+    max_seg: int = 8
+    max_prompt_len: int = 960
+    template: str = "default"
+    seg_in_prompt: bool = False
+    official_prompt: bool = False
+    spatial_gt: str = "paper"
+
+    @classmethod
+    def from_config(cls, config: Any) -> Settings:
+        defaults = default_data_config()
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {k: config.get(k, defaults[k]) for k in fields}
+        s = cls(**values)
+        if s.spatial_gt not in ("paper", "official"):
+            raise ValueError(f"data.spatial_gt={s.spatial_gt!r}; expected 'paper' or 'official'")
+        if s.template not in text.TEMPLATES:
+            raise ValueError(f"data.template={s.template!r}; known: {text.TEMPLATES}")
+        return s
+
+    @property
+    def grid(self) -> int:
+        return self.siglip_size // self.patch_size
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def template_kwargs(self) -> dict:
+        return dict(template=self.template, seg_in_prompt=self.seg_in_prompt,
+                    official_prompt=self.official_prompt)
+
+
+def _str(v: Any) -> str:
+    if isinstance(v, (bytes, np.bytes_)):
+        return bytes(v).decode("utf-8")
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return _str(v.item())
+    return str(v)
+
+
+def record_name(record: dict) -> str:
+    """How errors name a record: "<subset>/<id> (<image_name>)"."""
+    get = lambda k: _str(record[k]) if k in record else "?"
+    return f"{get('subset')}/{get('id')} ({get('image_name')})"
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG header, None when the bytes are not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+
+
+def decode_image(record: dict) -> np.ndarray:
+    """RGB uint8 [H, W, 3] from the record's encoded image, checked against height/width."""
+    data = record["image"]
+    data = data.item() if isinstance(data, np.ndarray) else data
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise RecordError(f"record {record_name(record)}: the image bytes do not decode")
+    hw = (int(record["height"]), int(record["width"]))
+    if bgr.shape[:2] != hw:
+        raise RecordError(f"record {record_name(record)}: image is {bgr.shape[:2]}, "
+                          f"height/width say {hw}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _masks(record: dict) -> np.ndarray:
+    m = np.asarray(record["masks"])
+    if m.ndim != 3:
+        raise RecordError(f"record {record_name(record)}: masks must be [N, H, W], got {m.shape}")
+    hw = (int(record["height"]), int(record["width"]))
+    if m.shape[0] and m.shape[1:] != hw:
+        raise RecordError(f"record {record_name(record)}: masks are {m.shape[1:]}, "
+                          f"height/width say {hw}")
+    return m
+
+
+def check_record(record: dict, tokenizer, s: Settings, *, train: bool) -> dict[str, np.ndarray]:
+    """Everything about a record except its pixels: tokens (train or prompt layout), mask
+    count and shape, presence of masks when training, PNG header size. Raises RecordError."""
+    name = record_name(record)
+    instruction = _str(record["instruction"])
+    if not train:
+        out = tokens.encode_prompt(tokenizer, instruction, n_image_tokens=s.n_image_tokens,
+                                   image_token_id=s.image_token_id,
+                                   max_prompt_len=s.max_prompt_len, record_id=name,
+                                   **s.template_kwargs)
+    else:
+        if not bool(record["has_masks"]):
+            raise RecordError(f"record {name}: has no masks; training needs one per [SEG]")
+        out = tokens.encode_train(
+            tokenizer, instruction, _str(record["answer"]), n_image_tokens=s.n_image_tokens,
+            image_token_id=s.image_token_id, seg_id=tokenizer.convert_tokens_to_ids(text.SEG),
+            max_len=s.max_len, max_seg=s.max_seg, record_id=name, **s.template_kwargs)
+        n_masks = _masks(record).shape[0]
+        if n_masks != int(out["n_seg"]):
+            raise RecordError(f"record {name}: {n_masks} masks for {int(out['n_seg'])} [SEG] "
+                              "tokens in the answer; expected one mask per [SEG]")
+    data = record["image"]
+    size = _png_size(data.item() if isinstance(data, np.ndarray) else data)
+    hw = (int(record["height"]), int(record["width"]))
+    if size is not None and size != hw:
+        raise RecordError(f"record {name}: PNG header says {size}, height/width say {hw}")
+    return out
+
+
+class Preprocess(grain.transforms.Map):
+    """(record_index, record) -> one example (see the module docstring for the keys)."""
+
+    def __init__(self, tokenizer, settings: Settings, *, train: bool):
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.train = train
+
+    def map(self, element: tuple[int, dict]) -> dict[str, np.ndarray]:
+        index, record = element
+        s = self.settings
+        toks = check_record(record, self.tokenizer, s, train=self.train)
+        image = decode_image(record)
+        pixels, (h1, w1) = preprocess.swin_view(image, s.image_size)
+        out = dict(siglip_pixels=preprocess.siglip_view(image, s.siglip_size), pixels=pixels,
+                   image_hw=np.asarray(image.shape[:2], np.int32),
+                   canvas_hw=np.asarray((h1, w1), np.int32), record_index=np.int64(index))
+        if not self.train:
+            if bool(record["has_masks"]):
+                n_seg = _masks(record).shape[0]
+            else:
+                n_seg = _str(record["answer"]).count(text.SEG)
+            return dict(out, input_ids=toks["input_ids"], attention_mask=toks["attention_mask"],
+                        n_seg=np.int32(n_seg))
+        masks = (_masks(record) > 0).astype(np.uint8)
+        n, q, g = masks.shape[0], s.max_seg, s.grid
+        canvas = np.zeros((q, s.image_size, s.image_size), np.uint8)
+        canvas[:n] = preprocess.masks_to_canvas(masks, s.image_size, (h1, w1))
+        grid = np.zeros((q, g, g), np.float32)
+        grid[:n] = preprocess.masks_to_grid(masks, g, s.spatial_gt)
+        return dict(out, input_ids=toks["input_ids"], labels=toks["labels"],
+                    attention_mask=toks["attention_mask"], seg_positions=toks["seg_positions"],
+                    seg_valid=np.arange(q) < n, masks=canvas, masks_grid=grid,
+                    truncated=toks["truncated"])
+
+
+class IndexedSource:
+    """The records of `source` at `indices` (all when None), each read as (index, record) so the
+    example keeps its index in the original source. Its repr is stable across processes and
+    runs (grain checks it when restoring an iterator state)."""
+
+    def __init__(self, source, indices: np.ndarray | None = None):
+        self.source = source
+        self.indices = None if indices is None else np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, dict]:
+        j = int(i) if self.indices is None else int(self.indices[i])
+        return j, self.source[j]
+
+    def __repr__(self) -> str:
+        src = self.source
+        inner = (f"{type(src).__name__}(len={len(src)})"
+                 if isinstance(src, (list, tuple)) or type(src).__repr__ is object.__repr__
+                 else repr(src))
+        kept = "all" if self.indices is None else (
+            f"{len(self.indices)} kept, crc {_crc(self.indices)}")
+        return f"IndexedSource({inner}, {kept})"
+
+
+def _crc(a: np.ndarray) -> str:
+    import zlib
+
+    return f"{zlib.crc32(a.tobytes()):08x}"
+
+
+@dataclasses.dataclass
+class Validation:
+    """Result of the validation pre-pass: kept indices, skipped record names per reason."""
+
+    kept: np.ndarray
+    skipped: dict[str, list[str]]
+    truncated: int
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k}: {len(v)} (e.g. {', '.join(v[:3])})"
+                          for k, v in sorted(self.skipped.items()))
+        return (f"kept {len(self.kept)} records, skipped {self.n_skipped}"
+                + (f" [{parts}]" if parts else "") + f"; {self.truncated} answers truncated")
+
+
+def validate_records(source, tokenizer, settings: Settings, *, train: bool) -> Validation:
+    """Checks every record's text, masks and PNG header (`check_record`); the pixels are not
+    decoded. Reasons: "too_long" (`TooLong`), "invalid" (any other `RecordError`)."""
+    kept, skipped, truncated = [], {}, 0
+    for i in range(len(source)):
+        record = source[i]
+        try:
+            out = check_record(record, tokenizer, settings, train=train)
+        except TooLong as e:
+            skipped.setdefault("too_long", []).append(f"{record_name(record)}: {e}")
+            continue
+        except RecordError as e:
+            skipped.setdefault("invalid", []).append(f"{record_name(record)}: {e}")
+            continue
+        truncated += int(out.get("truncated", False))
+        kept.append(i)
+    return Validation(np.asarray(kept, np.int64), skipped, truncated)
+
+
+def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
+                shard_options: grain.sharding.ShardOptions | None = None,
+                num_epochs: int | None = None, worker_count: int | None = None,
+                drop_remainder: bool = True) -> grain.DataLoader:
+    """A grain DataLoader over `source` (see the module docstring).
+
+    config: `config.data` (keys of `default_data_config`). seed: shuffling seed (train).
+    shard_options: defaults to `ShardByJaxProcess(drop_remainder=True)`; the per-process batch is
+    `config.batch_size // shard_options.shard_count`. num_epochs: None repeats forever when
+    training and reads once when evaluating. worker_count: defaults to `config.worker_count`.
+    drop_remainder: drop the last partial batch; to see every record when evaluating, pass
+    False (the last batch is then smaller) and shard options with drop_remainder=False.
+    Under `on_error="skip"` the loader carries the pre-pass result as `loader.validation`.
+    """
+    s = Settings.from_config(config)
+    on_error = config.get("on_error", "raise")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"data.on_error={on_error!r}; expected 'raise' or 'skip'")
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    batch_size = int(config["batch_size"])
+    if batch_size % shard_options.shard_count:
+        raise ValueError(f"data.batch_size={batch_size} is the global batch; it must divide by "
+                         f"the {shard_options.shard_count} processes")
+    per_process = batch_size // shard_options.shard_count
+
+    validation = None
+    indices = None
+    if on_error == "skip":
+        validation = validate_records(source, tokenizer, s, train=train)
+        log.info("input validation (%s): %s", "train" if train else "eval", validation.summary())
+        if validation.n_skipped:
+            log.warning("skipped %d of %d records (on_error='skip'): %s", validation.n_skipped,
+                        len(source), validation.summary())
+        indices = validation.kept
+    indexed = IndexedSource(source, indices)
+    if len(indexed) == 0:
+        raise ValueError("no records to read" + (f": {validation.summary()}" if validation else ""))
+
+    workers = config.get("worker_count", 0) if worker_count is None else worker_count
+    if workers > 0 and not flags.FLAGS.is_parsed():
+        # grain's worker processes read absl flags (--grain_*); outside `app.run` (notebooks,
+        # scripts, tests) they would raise UnparsedFlagAccessError. Their defaults are right.
+        flags.FLAGS.mark_as_parsed()
+    if num_epochs is None and not train:
+        num_epochs = 1
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(indexed), shard_options=shard_options, shuffle=train,
+        num_epochs=num_epochs, seed=seed)
+    loader = grain.DataLoader(
+        data_source=indexed, sampler=sampler,
+        operations=[Preprocess(tokenizer, s, train=train),
+                    grain.transforms.Batch(batch_size=per_process, drop_remainder=drop_remainder)],
+        worker_count=workers,
+        worker_buffer_size=config.get("prefetch", 1),
+        read_options=grain.ReadOptions(num_threads=config.get("read_threads", 16)))
+    loader.validation = validation
+    return loader
