@@ -1,0 +1,35 @@
+"""Tiny SegEarth-R2 on the synthetic set: the CPU demo and the learning tests.
+
+The tiny model starts from random weights (there is nothing to convert), so unlike the paper
+every parameter trains; the tokenizer is a small byte-level BPE trained on the training texts.
+
+  python -m data.synthetic --out demo_out/synthetic_raw --n 2000
+  python -m segearth_jax.train --config configs/tiny.py --workdir demo_out/tiny_run \
+    --config.data.manual_dir=demo_out/synthetic_raw --config.data.data_dir=demo_out/tfds
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+    del arg
+    c = common.base()
+    c.model.mllm.update(dict(variant="tiny", dtype="float32", attention_impl="xla",
+                             remat_policy="none", vocab_size=2048))
+    c.model.seg_head.update(dict(variant="tiny", dtype="float32"))
+    c.tokenizer = "train"
+    c.tokenizer_vocab = 2000  # < the 2048 embedding rows set above, with room for [SEG]
+    c.trainable = (r".*",)
+    c.frozen_dtype = "float32"
+    c.data.update(dict(
+        name="synthetic", siglip_size=56, image_size=128, patch_size=14,
+        max_len=256, max_seg=4, max_prompt_len=192, batch_size=8, worker_count=0, prefetch=2,
+        # A 4x4 image grid: most targets cover < half a cell; '> 0' keeps them visible.
+        spatial_gt="official"))
+    c.loss.update(dict(num_points=2048, num_heads=4))
+    c.optim.update(dict(lr=1e-3, warmup_frac=0.05))
+    c.total_steps = 300
+    c.log_every = 25
+    c.checkpoint.update(dict(every=100, keep=2))
+    c.eval.update(dict(batch_size=8, max_new_tokens=96))
+    return c

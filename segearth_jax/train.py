@@ -1,0 +1,409 @@
+"""Training: `python -m segearth_jax.train --config configs/X.py[:arg] --workdir DIR`.
+
+One `jax.jit` step over a (data, fsdp) mesh; gradients and AdamW state only for the trainable
+subtree (config `trainable` regexes), frozen weights stored in the compute dtype; orbax
+checkpoints (async, keep-N) of the trainable params, optimizer state, step, rng and the grain
+iterator state, so that a killed run resumes to the same result; clu metric writers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from clu import metric_writers, periodic_actions
+from ml_collections import config_flags
+
+from segearth_jax import checkpoint, losses, optim, sharding
+from segearth_jax.input import sources
+from segearth_jax.models.lora import merge_lora
+from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config, seg_attention
+
+MODEL_INPUTS = ("input_ids", "siglip_pixels", "pixels", "seg_positions")
+LOSS_INPUTS = ("labels", "masks", "masks_grid", "seg_valid")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar
+    params: Any  # trainable subtree (float32)
+    opt_state: Any
+    rng: jax.Array  # uint32 key data [2]
+    bad_step: jax.Array  # int32: first step with a non-finite loss or gradient, -1 if none
+
+
+def build_model(config: ml_collections.ConfigDict) -> SegEarthR2:
+    return SegEarthR2(SegEarthR2Config.from_config(config.model))
+
+
+def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros with the pipeline's train-batch shapes (for init and compilation)."""
+    d = config.data
+    s, g, q = d.image_size, d.siglip_size // d.patch_size, d.max_seg
+    return {
+        "input_ids": np.zeros((batch_size, d.max_len), np.int32),
+        "labels": np.full((batch_size, d.max_len), -100, np.int32),
+        "siglip_pixels": np.zeros((batch_size, d.siglip_size, d.siglip_size, 3), np.float32),
+        "pixels": np.zeros((batch_size, s, s, 3), np.float32),
+        "seg_positions": np.full((batch_size, q), -1, np.int32),
+        "seg_valid": np.zeros((batch_size, q), bool),
+        "masks": np.zeros((batch_size, q, s, s), np.uint8),
+        "masks_grid": np.zeros((batch_size, q, g, g), np.float32),
+    }
+
+
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
+    """A deterministic random global train batch with the pipeline's shapes: image span, a
+    labelled answer span, one or two `[SEG]`s with rectangle masks (tests, benchmarks)."""
+    d = config.data
+    b = d.batch_size
+    r = np.random.default_rng(seed)
+    batch = example_batch(config, b)
+    g = d.siglip_size // d.patch_size
+    n_img = g * g
+    a = 3 + n_img + 10  # answer start
+    if a + 20 > d.max_len:
+        raise ValueError(f"max_len {d.max_len} < {a + 20} needed by the random batch")
+    ids = r.integers(1, 400, (b, d.max_len)).astype(np.int32)
+    ids[:, 3:3 + n_img] = d.image_token_id
+    batch["input_ids"] = ids
+    labels = np.full((b, d.max_len), -100, np.int32)
+    labels[:, a:a + 20] = ids[:, a:a + 20]
+    batch["labels"] = labels
+    batch["siglip_pixels"] = r.uniform(-1, 1, batch["siglip_pixels"].shape).astype(np.float32)
+    batch["pixels"] = r.normal(size=batch["pixels"].shape).astype(np.float32)
+    batch["seg_positions"][:, 0] = a + 5
+    batch["seg_positions"][::2, 1] = a + 10
+    batch["seg_valid"] = batch["seg_positions"] >= 0
+    s = d.image_size
+    masks = np.zeros_like(batch["masks"])
+    masks[:, :, s // 4:s // 2, s // 8:s // 2] = 1
+    batch["masks"] = masks * batch["seg_valid"][:, :, None, None]
+    grid = np.zeros_like(batch["masks_grid"])
+    grid[:, :, 1:3, 0:2] = 1
+    batch["masks_grid"] = grid * batch["seg_valid"][:, :, None, None]
+    return batch
+
+
+def _model_args(batch: dict[str, Any]) -> tuple:
+    return (batch["input_ids"], batch["siglip_pixels"], batch["pixels"], batch["seg_positions"],
+            batch["seg_positions"] >= 0)
+
+
+def _overlay(params: dict, sub: dict, prefix: str, source: str, missing_ok: str) -> dict:
+    """Replaces `params[prefix...]` leaves by the converted tree `sub`, strictly: every leaf of
+    `sub` must exist with the same shape; leaves it lacks must match `missing_ok`."""
+    import re
+
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    new = flax.traverse_util.flatten_dict(sub, sep="/")
+    errors = []
+    for k, v in new.items():
+        key = f"{prefix}/{k}"
+        if key not in flat:
+            errors.append(f"unexpected {key}")
+        elif tuple(flat[key].shape) != tuple(v.shape):
+            errors.append(f"{key}: shape {tuple(v.shape)}, model expects {tuple(flat[key].shape)}")
+        else:
+            flat[key] = jnp.asarray(v, flat[key].dtype)
+    for key in flat:
+        if key.startswith(prefix + "/") and key[len(prefix) + 1:] not in new \
+                and not re.fullmatch(missing_ok, key):
+            errors.append(f"missing {key}")
+    if errors:
+        raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(errors[:20]))
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def init_params(config: ml_collections.ConfigDict, model: SegEarthR2, rng: jax.Array) -> dict:
+    """Random init (host memory), then the converted weights named in `config.init`."""
+    batch = {k: jnp.asarray(v) for k, v in example_batch(config, 1).items()}
+    params = jax.jit(lambda r: model.init(r, *_model_args(batch)))(rng)["params"]
+    params = flax.core.unfreeze(params)
+    init = config.init
+    if init.get("checkpoint"):
+        params = _overlay({"root": params}, checkpoint.restore_params(init.checkpoint), "root",
+                          init.checkpoint, r".*/lora_[ab]")["root"]
+    if init.get("mllm"):
+        params = _overlay(params, checkpoint.restore_params(init.mllm), "mllm", init.mllm,
+                          r".*/lora_[ab]")
+    if init.get("seg_head"):
+        params = _overlay(params, checkpoint.restore_params(init.seg_head), "seg_head",
+                          init.seg_head, r"$^")
+    return params
+
+
+def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
+                    tx: optax.GradientTransformation):
+    """(state, frozen, batch) -> (state, metrics); pure, to be jitted with shardings."""
+
+    def loss_fn(trainable, frozen, batch, rng):
+        params = optim.merge_params(trainable, frozen)
+        drop_rng, loss_rng = jax.random.split(rng)
+        out, inter = model.apply({"params": params}, *_model_args(batch), deterministic=False,
+                                 rngs={"dropout": drop_rng}, mutable=["intermediates"])
+        outputs = {**out, "seg_attention": seg_attention(inter["intermediates"])}
+        return losses.segearth_loss(outputs, batch, loss_rng, config.loss)
+
+    def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, frozen, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        # A non-finite step leaves the state untouched; the host stops at the next check.
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        new = TrainState(
+            step=state.step + 1, params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state), rng=state.rng,
+            bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step))
+        metrics = {**metrics, "grad_norm": gnorm,
+                   "learning_rate": optim.learning_rate(config)(state.step)}
+        return new, metrics
+
+    return step
+
+
+class Trainer:
+    """Everything `train_and_evaluate` needs, built once: mesh, model, shardings, jitted step."""
+
+    def __init__(self, config: ml_collections.ConfigDict, devices: Any = None):
+        self.config = config
+        self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        self.model = build_model(config)
+        self.tx = optim.make_optimizer(config)
+        self.batch_size = config.data.batch_size
+        n = self.mesh.size
+        if self.batch_size % n:
+            raise ValueError(f"global batch {self.batch_size} must be a multiple of the "
+                             f"{n} devices of the mesh")
+
+    def init(self, rng_seed: int) -> tuple[TrainState, Any]:
+        """Fresh state: (TrainState sharded, frozen params sharded)."""
+        rng = jax.random.key(rng_seed)
+        params = init_params(self.config, self.model, jax.random.fold_in(rng, 1))
+        trainable, frozen = optim.split_params(params, list(self.config.trainable))
+        frozen = optim.cast(frozen, self.config.frozen_dtype)
+        state = TrainState(step=jnp.array(0, jnp.int32), params=trainable,
+                           opt_state=self.tx.init(trainable),
+                           rng=jax.random.key_data(jax.random.fold_in(rng, 2)),
+                           bad_step=jnp.array(-1, jnp.int32))
+        self.state_sharding = self._state_shardings(state)
+        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
+        # Every process computed the same values: place them from host memory.
+        state = jax.device_put(jax.device_get(state), self.state_sharding)
+        frozen = jax.device_put(jax.device_get(frozen), self.frozen_sharding)
+        return state, frozen
+
+    def _state_shardings(self, state: TrainState) -> TrainState:
+        rep = sharding.replicated(self.mesh)
+        return TrainState(step=rep, params=sharding.param_shardings(self.mesh, state.params),
+                          opt_state=sharding.param_shardings(self.mesh, state.opt_state),
+                          rng=rep, bad_step=rep)
+
+    @functools.cached_property
+    def step_fn(self):
+        batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim)
+                    for k, v in example_batch(self.config, 1).items()}
+        return jax.jit(make_train_step(self.model, self.config, self.tx),
+                       in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh),
+                       out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
+                       donate_argnums=0)
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        keys = example_batch(self.config, 1).keys()
+        return sharding.global_batch(self.mesh, {k: local[k] for k in keys})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, tokenizer, checkpoints
+
+
+def checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.checkpoint.keep, save_interval_steps=1,
+        enable_async_checkpointing=config.checkpoint.async_save)
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, state: TrainState, data_iter: Any) -> None:
+    import grain
+
+    step = int(jax.device_get(state.step))
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+        raise FloatingPointError(f"non-finite loss or gradient at step {bad}: not saving")
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=grain.checkpoint.CheckpointSave(data_iter)),
+              force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, state: TrainState, data_iter: Any) -> TrainState:
+    import grain
+
+    step = mngr.latest_step()
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    out = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    return out.state
+
+
+def export(directory: Path, config: ml_collections.ConfigDict, params: dict, tokenizer_dir: Path
+           ) -> Path:
+    """A merged-LoRA inference checkpoint (kind `segearth_r2`, LoRA rank 0) for evaluate/predict."""
+    import shutil
+
+    lora = dict(config.model.mllm.lora)
+    scaling = lora["alpha"] / lora["rank"] if lora["rank"] else 0.0
+    merged = jax.device_get(merge_lora(params, scaling)) if lora["rank"] else jax.device_get(params)
+    model = config.model.to_dict()
+    model["mllm"]["lora"] = {**lora, "rank": 0, "dropout": 0.0}
+    if jax.process_index() == 0:
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        checkpoint.save_params(directory, merged)
+        d = config.data
+        geometry = {k: d[k] for k in ("siglip_size", "image_size", "patch_size", "image_token_id",
+                                      "max_prompt_len", "max_seg", "template", "seg_in_prompt",
+                                      "official_prompt")}
+        checkpoint.write_model_spec(directory, {"kind": "segearth_r2", "model": model,
+                                                "input": geometry})
+        shutil.copytree(tokenizer_dir, directory / "tokenizer")
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+    """Trains `config.total_steps` steps (resuming from `workdir` if it holds a checkpoint),
+    exports the merged model to `workdir/export`; returns the last logged metrics."""
+    from segearth_jax.input import pipeline
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sharding.maybe_initialize_distributed(config)
+    trainer = Trainer(config)
+    source = sources.open_source(config.data, config.data.train_split)
+    tokenizer = sources.load_or_make_tokenizer(config, workdir, source)
+    tokenizer_dir = workdir / "tokenizer"
+    if config.tokenizer != "train" and jax.process_index() == 0 and not tokenizer_dir.exists():
+        tokenizer.save_pretrained(str(tokenizer_dir))
+    loader = pipeline.make_loader(source, tokenizer, config.data, train=True, seed=config.seed,
+                                  worker_count=config.data.worker_count)
+    data_iter = iter(loader)
+
+    state, frozen = trainer.init(config.seed)
+    mngr = checkpoint_manager(workdir, config)
+    if mngr.latest_step() is not None:
+        state = restore(mngr, state, data_iter)
+        logging.info("resumed from %s at step %d", workdir, int(state.step))
+    start = int(jax.device_get(state.step))
+    total = config.total_steps
+
+    is_main = jax.process_index() == 0
+    writer = metric_writers.create_default_writer(str(workdir / "logs"), just_logging=not is_main)
+    if start == 0:
+        writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+    debug = config.get("debug") or {}
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    last: dict[str, float] = {}
+    t0 = time.time()
+    try:
+        for step in range(start, total):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                local = next(data_iter)
+                batch = trainer.global_batch(local)
+                state, metrics = trainer.step_fn(state, frozen, batch)
+            done = step + 1
+            if debug.get("log_data_order"):  # which records each step saw (resume tests)
+                with open(workdir / f"data_order.{jax.process_index()}.txt", "a") as f:
+                    f.write(f"{done} {' '.join(map(str, local['record_index'].tolist()))}\n")
+            progress(done)
+            if done % config.log_every == 0 or done == total:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bad = int(jax.device_get(state.bad_step))
+                if bad >= 0:
+                    raise FloatingPointError(
+                        f"non-finite loss or gradient at step {bad} (loss components: {last}); "
+                        f"stopping without saving. Last good checkpoint: {mngr.latest_step()}")
+                writer.write_scalars(done, last)
+                if is_main:
+                    rate = (done - start) / max(time.time() - t0, 1e-9)
+                    eta = (total - done) / max(rate, 1e-9)
+                    parts = "  ".join(f"{k.removesuffix('_loss')} {last[k]:.4f}" for k in
+                                      ("loss", "text_loss", "bce_loss", "dice_loss",
+                                       "spatial_loss"))
+                    print(f"step {done}/{total}  {parts}  {rate:.2f} steps/s  ETA {eta:.0f}s",
+                          flush=True)
+            if done % config.checkpoint.every == 0 or done == total or stop["signal"]:
+                save(mngr, state, data_iter)
+            if done == debug.get("sigkill_after_step"):  # a hard crash right after a checkpoint
+                mngr.wait_until_finished()
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop["signal"]:
+                logging.warning("signal %s: checkpoint saved at step %d, exiting",
+                                stop["signal"], done)
+                break
+        mngr.wait_until_finished()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        writer.flush()
+    if int(jax.device_get(state.step)) >= total and config.get("export", True):
+        params = optim.merge_params(jax.device_get(state.params), jax.device_get(frozen))
+        export(workdir / "export", config, params, tokenizer_dir)
+        if is_main:
+            print(f"exported the merged model to {workdir / 'export'}", flush=True)
+    mngr.close()
+    return last
+
+
+def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    out = {}
+    for k, v in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items():
+        out[k] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "training configuration file", lock_config=True)
+flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None or FLAGS.workdir is None:
+        raise app.UsageError("--config and --workdir are required")
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
