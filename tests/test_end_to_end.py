@@ -1,0 +1,142 @@
+"""The user-facing commands on the tiny config and a small synthetic set: train (killed and
+resumed), evaluate, predict. Each command runs as a subprocess, as a user runs it; a shared
+persistent compilation cache keeps the repeated compilations cheap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segearth_jax import checkpoint
+from segearth_jax.input.sources import open_source
+from tests.conftest import SHARED  # noqa: F401  (the offline environment of conftest)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Synthetic raw files + TFDS build + a tokenizer trained once; common CLI settings."""
+    from configs import tiny
+    from data import builders, synthetic
+    from segearth_jax.input.sources import load_or_make_tokenizer
+
+    root = tmp_path_factory.mktemp("e2e")
+    synthetic.generate(root / "raw", n=60, seed=0)
+    builders.build("synthetic", manual_dir=root / "raw", data_dir=root / "tfds")
+    config = tiny.get_config()
+    config.data.data_dir = str(root / "tfds")
+    load_or_make_tokenizer(config, root, open_source(config.data, "train"))
+    cache = root / "jax_cache"
+    return dict(root=root, flags=[
+        f"--config.data.data_dir={root / 'tfds'}", f"--config.tokenizer={root / 'tokenizer'}",
+        "--config.data.batch_size=4", "--config.log_every=1"],
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+
+
+def _run(env: dict, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env["env"],
+                       capture_output=True, text=True, timeout=1500)
+    if check:
+        assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-6000:])
+    return p
+
+
+def _train(env: dict, workdir: Path, *extra: str, check: bool = True):
+    return _run(env, "segearth_jax.train", "--config", "configs/tiny.py", "--workdir",
+                str(workdir), *env["flags"], "--config.total_steps=6",
+                "--config.checkpoint.every=2", "--config.debug.log_data_order=True", *extra,
+                check=check)
+
+
+def _data_order(workdir: Path) -> dict[int, str]:
+    """step -> record indices; the last line for a step wins (a resumed run redoes steps)."""
+    order = {}
+    for line in (workdir / "data_order.0.txt").read_text().splitlines():
+        step, rest = line.split(" ", 1)
+        order[int(step)] = rest
+    return order
+
+
+@pytest.fixture(scope="module")
+def trained(env) -> Path:
+    """An uninterrupted 6-step run (its export is the model the other tests use)."""
+    workdir = env["root"] / "run_a"
+    _train(env, workdir)
+    return workdir
+
+
+def test_killed_run_resumes_bitwise(env, trained):
+    workdir = env["root"] / "run_b"
+    killed = _train(env, workdir, "--config.debug.sigkill_after_step=4", check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (workdir / "export").exists()
+    _train(env, workdir)  # resumes from the step-4 checkpoint
+    assert _data_order(workdir) == _data_order(trained)
+    assert sorted(_data_order(workdir)) == list(range(1, 7))
+    a = checkpoint.restore_params(trained / "export")
+    b = checkpoint.restore_params(workdir / "export")
+    import jax
+
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
+                            jax.tree_util.tree_leaves(b), strict=True):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+    # The run logged every loss component separately (clu writer, TensorBoard event file).
+    assert list((trained / "logs").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_reports_every_subset(env, trained, tmp_path):
+    p = _run(env, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
+             str(trained / "export"), "--out", str(tmp_path), *env["flags"][:2])
+    report = json.loads((tmp_path / "eval_test_segearth_r2.json").read_text())
+    subsets = {"semantic", "instance", "part", "single", "multiple", "explicit", "implicit",
+               "short", "long"}
+    assert subsets <= set(report["subsets"]), report.keys()
+    assert "segearth_r2" in p.stdout and "| average |" in p.stdout
+    assert (tmp_path / "eval_test_segearth_r2.md").exists()
+    # Deterministic: the same checkpoint and data give the same numbers.
+    again = tmp_path / "again"
+    _run(env, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
+         str(trained / "export"), "--out", str(again), *env["flags"][:2])
+    assert (again / "eval_test_segearth_r2.json").read_text() == \
+        (tmp_path / "eval_test_segearth_r2.json").read_text()
+
+
+@pytest.mark.parametrize("kind", ["rgb_nonsquare", "gray", "rgba", "tiny"])
+def test_predict_writes_masks_overlay_heatmaps(env, trained, tmp_path, kind):
+    rng = np.random.default_rng(0)
+    shape = {"rgb_nonsquare": (90, 150, 3), "gray": (64, 64), "rgba": (80, 60, 4),
+             "tiny": (5, 7, 3)}[kind]
+    image = rng.integers(0, 255, shape, dtype=np.uint8)
+    path = tmp_path / "in.png"
+    cv2.imwrite(str(path), image)
+    out = tmp_path / "out"
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--image",
+             str(path), "--prompt", "Segment the storage tanks.", "--out", str(out),
+             "--max-new-tokens", "24")
+    assert "answer:" in p.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["image_size"] == list(shape[:2])
+    overlay = cv2.imread(str(out / "overlay.png"))
+    assert overlay.shape[:2] == shape[:2]
+    n = len(result["masks"])
+    assert len(list(out.glob("mask_*.png"))) == n == len(list(out.glob("attention_*.png")))
+    for rle in result["masks"]:
+        assert rle["size"] == list(shape[:2])
+
+
+def test_predict_unreadable_image_is_a_clear_error(env, trained, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--image",
+             str(bad), "--prompt", "x", check=False)
+    assert p.returncode != 0 and "bad.png" in p.stderr and "Traceback" not in p.stderr
