@@ -23,13 +23,27 @@ setup() {
 demo() {
   setup
   rm -rf demo_out
-  echo "== 1/3 a tiny random Mipha checkpoint in the published HF layout"
-  python -m convert.tiny_mipha --out demo_out/tiny_mipha_hf
-  echo "== 2/3 convert it to Flax (orbax) params"
-  python -m convert.mipha --src demo_out/tiny_mipha_hf --out demo_out/tiny_mipha --dtype float32
-  echo "== 3/3 greedy generation with the KV cache"
-  python -m segearth_jax.generate --model demo_out/tiny_mipha \
-    --prompt "Please segment the airplane." --max-new-tokens 24
+  echo "== 1/5 synthetic LaSeRS-format data (2000 aerial scenes)"
+  python -m data.synthetic --out demo_out/synthetic_raw --n 2000
+  echo "== 2/5 TFDS (array_record) build"
+  python -m data.builders synthetic --manual_dir demo_out/synthetic_raw --data_dir demo_out/tfds
+  echo "== 3/5 train the tiny SegEarth-R2 on CPU (configs/tiny.py)"
+  python -m segearth_jax.train --config configs/tiny.py --workdir demo_out/tiny_run \
+    --config.data.data_dir=demo_out/tfds
+  echo "== 4/5 evaluate on the held-out test subsets"
+  python -m segearth_jax.evaluate --config configs/tiny.py --checkpoint demo_out/tiny_run/export \
+    --config.data.data_dir=demo_out/tfds --out demo_out/eval
+  echo "== 5/5 predict on one test image"
+  # The first record of the semantic test subset: its image and instruction.
+  read -r image prompt < <(python - <<'PY'
+import json
+r = json.load(open("demo_out/synthetic_raw/test/annotations/semantic.json"))[0]
+print("demo_out/synthetic_raw/test/images/" + r["image_name"], r["description"])
+PY
+)
+  python -m segearth_jax.predict --checkpoint demo_out/tiny_run/export --image "$image" \
+    --prompt "$prompt" --out demo_out/predict
+  echo "demo done: see demo_out/eval/ and demo_out/predict/"
 }
 
 tests() {

@@ -77,17 +77,39 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
         if limit is not None and n_done >= limit:
             break
     print(file=sys.stderr if jax.process_index() else sys.stdout)
+    out = Path(out) if out else Path(checkpoint_dir)
+    if jax.process_count() > 1:
+        evaluator = _merge_processes(evaluator, out)
     summary = evaluator.summary()
     title = f"{config.data.name} {split}"
     if jax.process_index() == 0:
         print(evaluator.markdown(title))
-        out = Path(out) if out else Path(checkpoint_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = out / f"eval_{split}_{preset}"
         evaluator.to_markdown(stem.with_suffix(".md"), title)
         evaluator.to_json(stem.with_suffix(".json"))
         print(f"wrote {stem}.md and {stem}.json")
     return summary
+
+
+def _merge_processes(evaluator: metrics.Evaluator, out: Path) -> metrics.Evaluator:
+    """Every process's per-record results, merged on process 0 (through `out`, which must be
+    on a filesystem all processes share)."""
+    import pickle
+
+    from jax.experimental import multihost_utils
+
+    out.mkdir(parents=True, exist_ok=True)
+    part = out / f".eval_state.{jax.process_index()}.pkl"
+    part.write_bytes(pickle.dumps(evaluator.state()))
+    multihost_utils.sync_global_devices("eval_states_written")
+    if jax.process_index() == 0:
+        states = [pickle.loads((out / f".eval_state.{i}.pkl").read_bytes())
+                  for i in range(jax.process_count())]
+        evaluator = metrics.Evaluator(evaluator.preset).merge(states)
+    multihost_utils.sync_global_devices("eval_states_read")
+    part.unlink()
+    return evaluator
 
 
 def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -102,14 +124,18 @@ def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "the training configuration (data + eval)",
-                                lock_config=True)
-flags.DEFINE_string("checkpoint", None, "a SegEarth-R2 model directory (training export or "
-                    "convert.segearth_r2 output)")
-flags.DEFINE_string("split", None, "dataset split (default: config.data.eval_split)")
-flags.DEFINE_string("preset", None, f"metric preset: {sorted(metrics.PRESETS)}")
-flags.DEFINE_string("out", None, "where the report goes (default: the checkpoint directory)")
-flags.DEFINE_integer("limit", None, "evaluate only the first N records")
+
+
+def define_flags() -> None:
+    """The command line (defined only when run as a program, so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "the training configuration (data + eval)",
+                                    lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "a SegEarth-R2 model directory (training export or "
+                        "convert.segearth_r2 output)")
+    flags.DEFINE_string("split", None, "dataset split (default: config.data.eval_split)")
+    flags.DEFINE_string("preset", None, f"metric preset: {sorted(metrics.PRESETS)}")
+    flags.DEFINE_string("out", None, "where the report goes (default: the checkpoint directory)")
+    flags.DEFINE_integer("limit", None, "evaluate only the first N records")
 
 
 def main(argv: list[str]) -> None:
@@ -122,4 +148,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

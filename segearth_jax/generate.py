@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segearth_jax import checkpoint, text
+from segearth_jax import checkpoint, sharding, text
 from segearth_jax.models.mipha import Mipha, MiphaConfig
 
 
@@ -148,7 +148,11 @@ class SegEarthPredictor:
         self.config = SegEarthR2Config.from_config(spec["model"])
         self.model = SegEarthR2(self.config)
         self.geometry = InputGeometry.from_spec(spec)
-        self.params = checkpoint.restore_params(directory)
+        # Params replicated on this process's devices; batches split over them (data parallel;
+        # the jitted calls follow the inputs' shardings). Processes get different records.
+        self.mesh = sharding.make_mesh(-1, 1, jax.local_devices())
+        self.params = jax.device_put(checkpoint.restore_params(directory),
+                                     sharding.replicated(self.mesh))
         self.tokenizer = text.load_tokenizer(Path(directory) / "tokenizer")
         self.seg_id = self.tokenizer.convert_tokens_to_ids(text.SEG)
         self.eos_id = self.tokenizer.convert_tokens_to_ids(text.END)
@@ -163,6 +167,7 @@ class SegEarthPredictor:
         """-> per image: answer (str), tokens [n], seg_index [Q] (position of each `[SEG]` in
         the generated tokens), mask_logits [Q, S/4, S/4] (canvas grid, float32), prompt
         (input ids [P]) for the attention probe."""
+        host, batch = batch, self._shard(batch)
         feats = self._encode(self.params, batch["siglip_pixels"])
         out = generate(self.model, self.params, batch["input_ids"], batch["attention_mask"],
                        feats, max_new_tokens=self.max_new_tokens, eos_id=self.eos_id,
@@ -185,9 +190,19 @@ class SegEarthPredictor:
             results.append(dict(
                 answer=self.tokenizer.decode(toks[toks != self.eos_id]),
                 tokens=toks, seg_index=index[i, :found[i]], mask_logits=logits[i, :found[i]],
-                prompt=np.asarray(batch["input_ids"][i])[np.asarray(batch["attention_mask"][i],
-                                                                     bool)]))
+                prompt=np.asarray(host["input_ids"][i])[np.asarray(host["attention_mask"][i],
+                                                                    bool)]))
         return results
+
+    def _shard(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The model inputs of `batch` split over the devices along the batch axis (when the
+        batch divides evenly; otherwise replicated)."""
+        keys = ("siglip_pixels", "pixels", "input_ids", "attention_mask")
+        n = len(batch["input_ids"])
+        put = lambda v: jax.device_put(v, sharding.batch_sharding(self.mesh, v.ndim)
+                                       if n % self.mesh.size == 0
+                                       else sharding.replicated(self.mesh))
+        return {**batch, **{k: put(np.asarray(batch[k])) for k in keys}}
 
     def seg_attention(self, siglip_pixels: np.ndarray, prompt: np.ndarray, tokens: np.ndarray,
                       seg_index: np.ndarray) -> np.ndarray:

@@ -389,8 +389,12 @@ def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "training configuration file", lock_config=True)
-flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
+
+
+def define_flags() -> None:
+    """The command line (defined only when run as a program, so modules import freely)."""
+    config_flags.DEFINE_config_file("config", None, "training configuration file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
 
 
 def main(argv: list[str]) -> None:
@@ -406,4 +410,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -109,6 +109,14 @@ def test_evaluate_reports_every_subset(env, trained, tmp_path):
          str(trained / "export"), "--out", str(again), *env["flags"][:2])
     assert (again / "eval_test_segearth_r2.json").read_text() == \
         (tmp_path / "eval_test_segearth_r2.json").read_text()
+    # Batches split over 8 (simulated) devices: the same report.
+    sharded = tmp_path / "sharded"
+    eight = {**env, "env": {**env["env"],
+                            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}}
+    _run(eight, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
+         str(trained / "export"), "--out", str(sharded), *env["flags"][:2])
+    assert (sharded / "eval_test_segearth_r2.json").read_text() == \
+        (tmp_path / "eval_test_segearth_r2.json").read_text()
 
 
 @pytest.mark.parametrize("kind", ["rgb_nonsquare", "gray", "rgba", "tiny"])
@@ -140,3 +148,11 @@ def test_predict_unreadable_image_is_a_clear_error(env, trained, tmp_path):
     p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--image",
              str(bad), "--prompt", "x", check=False)
     assert p.returncode != 0 and "bad.png" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_non_finite_loss_stops_without_saving(env, tmp_path):
+    workdir = tmp_path / "run"
+    p = _train(env, workdir, "--config.optim.lr=1e30", check=False)  # step 2 overflows
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "non-finite loss or gradient at step 1" in p.stderr
+    assert not list((workdir / "checkpoints").glob("[0-9]*")) and not (workdir / "export").exists()
