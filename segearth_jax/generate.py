@@ -208,10 +208,22 @@ class SegEarthPredictor:
                       seg_index: np.ndarray) -> np.ndarray:
         """The `[SEG]`->image attention (mean over layers and heads) of one answer, by a
         teacher-forced pass over prompt + generated tokens: [Q, g, g]."""
+        # Padded at the end to one fixed length (one compilation): causal rows never see it.
+        length = self.geometry.max_prompt_len + self.max_new_tokens
+        ids = np.zeros((1, length), np.int32)
+        ids[0, :len(prompt) + len(tokens)] = np.concatenate([prompt, tokens])
+        seg = np.full((1, self.geometry.max_seg), -1, np.int32)
+        seg[0, :len(seg_index)] = len(prompt) + np.asarray(seg_index, np.int32)
+        att = np.asarray(self._probe(self.params, siglip_pixels[None], ids, seg))[0]
+        if att.ndim == 3:  # [H, Q, N] when the probe keeps heads
+            att = att.mean(axis=0)
+        g = self.geometry.siglip_size // self.geometry.patch_size
+        return att[:len(seg_index)].reshape(len(seg_index), g, g)
+
+    @functools.cached_property
+    def _probe(self):
         from segearth_jax.models.segearth_r2 import seg_attention
 
-        ids = np.concatenate([prompt, tokens])[None].astype(np.int32)
-        seg = (len(prompt) + np.asarray(seg_index, np.int32))[None]
         m = self.model
 
         def probe(p, x, ids, seg):
@@ -220,11 +232,7 @@ class SegEarthPredictor:
                                method=m.llm, mutable=["intermediates"])
             return seg_attention(inter["intermediates"]).mean(axis=0)
 
-        att = np.asarray(jax.jit(probe)(self.params, siglip_pixels[None], ids, seg))[0]
-        if att.ndim == 3:  # [H, Q, N] when the probe keeps heads
-            att = att.mean(axis=0)
-        g = self.geometry.siglip_size // self.geometry.patch_size
-        return att.reshape(len(seg_index), g, g)
+        return jax.jit(probe)
 
 
 def masks_to_image(mask_logits: np.ndarray, canvas_hw: tuple[int, int],

@@ -119,27 +119,43 @@ def test_evaluate_reports_every_subset(env, trained, tmp_path):
         (tmp_path / "eval_test_segearth_r2.json").read_text()
 
 
-@pytest.mark.parametrize("kind", ["rgb_nonsquare", "gray", "rgba", "tiny"])
-def test_predict_writes_masks_overlay_heatmaps(env, trained, tmp_path, kind):
-    rng = np.random.default_rng(0)
-    shape = {"rgb_nonsquare": (90, 150, 3), "gray": (64, 64), "rgba": (80, 60, 4),
-             "tiny": (5, 7, 3)}[kind]
-    image = rng.integers(0, 255, shape, dtype=np.uint8)
-    path = tmp_path / "in.png"
-    cv2.imwrite(str(path), image)
-    out = tmp_path / "out"
-    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--image",
-             str(path), "--prompt", "Segment the storage tanks.", "--out", str(out),
-             "--max-new-tokens", "24")
-    assert "answer:" in p.stdout
+def _check_outputs(out: Path, shape: tuple[int, ...]) -> None:
     result = json.loads((out / "result.json").read_text())
     assert result["image_size"] == list(shape[:2])
-    overlay = cv2.imread(str(out / "overlay.png"))
-    assert overlay.shape[:2] == shape[:2]
+    assert cv2.imread(str(out / "overlay.png")).shape[:2] == shape[:2]
     n = len(result["masks"])
     assert len(list(out.glob("mask_*.png"))) == n == len(list(out.glob("attention_*.png")))
-    for rle in result["masks"]:
-        assert rle["size"] == list(shape[:2])
+    for rle, name in zip(result["masks"], result["targets"], strict=True):
+        assert rle["size"] == list(shape[:2]) and name
+
+
+def test_predict_cli_writes_masks_overlay_heatmaps(env, trained, tmp_path):
+    shape = (90, 150, 3)  # non-square
+    path = tmp_path / "in.png"
+    cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--image",
+             str(path), "--prompt", "Segment the storage tanks.", "--out", str(tmp_path / "out"),
+             "--max-new-tokens", "24")
+    assert "answer:" in p.stdout
+    _check_outputs(tmp_path / "out", shape)
+
+
+def test_predict_odd_images(trained, tmp_path):
+    """Gray, RGBA and a 5 x 7 image, through the same loader as the command line."""
+    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.input.records import load_image
+    from segearth_jax.predict import predict
+
+    predictor = SegEarthPredictor(trained / "export", max_new_tokens=24)
+    rng = np.random.default_rng(1)
+    for kind, shape in {"gray": (64, 64), "rgba": (80, 60, 4), "tiny": (5, 7, 3)}.items():
+        path = tmp_path / f"{kind}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, shape, dtype=np.uint8))
+        image = load_image(path, kind)
+        assert image.shape == (*shape[:2], 3) and image.dtype == np.uint8
+        res = predict(predictor, image, "Segment the storage tanks.", tmp_path / kind)
+        assert all(m.shape == shape[:2] for m in res["masks"])
+        _check_outputs(tmp_path / kind, shape)
 
 
 def test_predict_unreadable_image_is_a_clear_error(env, trained, tmp_path):
