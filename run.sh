@@ -48,7 +48,8 @@ PY
 
 tests() {
   setup
-  python -m pytest -q tests "$@"
+  # One worker per core; each test file stays on one worker (module fixtures train models once).
+  python -m pytest -q -n auto --dist loadfile tests "$@"
 }
 
 case "${1:-}" in
