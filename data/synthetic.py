@@ -26,6 +26,7 @@ are `size x size`, `0.75 size x size` or `size x 0.75 size` (H x W).
 Deterministic: sample i depends only on (seed, i) and its rank in its split.
 
   python -m data.synthetic --out DIR --n 2000 [--seed 0] [--size 256] [--test-fraction 0.2]
+      [--object-scale 1.0]
 """
 
 from __future__ import annotations
@@ -828,13 +829,14 @@ def image_shape(rng: np.random.Generator, size: int) -> tuple[int, int]:
     return [(size, size), (size, size), (short, size), (size, short)][int(rng.integers(4))]
 
 
-def make_sample(seed: int, index: int, spec: Spec, size: int = 256
+def make_sample(seed: int, index: int, spec: Spec, size: int = 256, object_scale: float = 1.0
                 ) -> tuple[np.ndarray, dict]:
-    """One image [H, W, 3] uint8 RGB and its LaSeRS record for `spec`."""
+    """One image [H, W, 3] uint8 RGB and its LaSeRS record for `spec`; objects are drawn
+    `object_scale` times their default size (relative to the image)."""
     rng = np.random.default_rng([seed, index])
     h, w = image_shape(rng, size)
     for _ in range(100):
-        scene = make_scene(rng, h, w, size / 256)
+        scene = make_scene(rng, h, w, size / 256 * object_scale)
         targets = _pick(rng, scene, spec)
         if targets:
             break
@@ -857,21 +859,22 @@ def _write_json(path: Path, records: list[dict]) -> None:
     path.write_text(json.dumps(records, ensure_ascii=True) + "\n")
 
 
-def _check_args(n: int, size: int, test_fraction: float) -> None:
-    if n < 1 or size < 64 or not 0 <= test_fraction <= 1:
-        raise ValueError(f"need n >= 1, size >= 64, 0 <= test_fraction <= 1; got n={n}, "
-                         f"size={size}, test_fraction={test_fraction}")
+def _check_args(n: int, size: int, test_fraction: float, object_scale: float = 1.0) -> None:
+    if n < 1 or size < 64 or not 0 <= test_fraction <= 1 or not 0.25 <= object_scale <= 4:
+        raise ValueError(f"need n >= 1, size >= 64, 0 <= test_fraction <= 1, 0.25 <= "
+                         f"object_scale <= 4; got n={n}, size={size}, "
+                         f"test_fraction={test_fraction}, object_scale={object_scale}")
 
 
 def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: float = 0.2,
-             overwrite: bool = False, verbose: bool = False) -> dict:
+             overwrite: bool = False, verbose: bool = False, object_scale: float = 1.0) -> dict:
     """Writes `n` samples (one image and one record each) under `out`; returns counts:
     {"train": int, "test": int, "masks": int, "test_subsets": {subset: int}}.
 
     `out` must be empty or absent unless `overwrite` (then only out/train and out/test are
     removed first)."""
     out = Path(out)
-    _check_args(n, size, test_fraction)
+    _check_args(n, size, test_fraction, object_scale)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to "
@@ -894,7 +897,7 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
         test = bool(is_test[i])
         spec = spec_for(ranks[test])
         ranks[test] += 1
-        image, record = make_sample(seed, i, spec, size)
+        image, record = make_sample(seed, i, spec, size, object_scale)
         split = "test" if test else "train"
         path = out / split / "images" / record["image_name"]
         if not cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1])):
@@ -922,17 +925,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="longest image side in pixels")
     parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--object-scale", type=float, default=1.0,
+                        help="object size multiplier (relative to the image; 2 = twice as long)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT/train and OUT/test when OUT is not empty")
     args = parser.parse_args(argv)
     try:
-        _check_args(args.n, args.size, args.test_fraction)
+        _check_args(args.n, args.size, args.test_fraction, args.object_scale)
     except ValueError as e:
         parser.error(str(e))
     start = time.perf_counter()
     try:
         counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
-                          overwrite=args.overwrite, verbose=True)
+                          overwrite=args.overwrite, verbose=True, object_scale=args.object_scale)
     except FileExistsError as e:
         parser.error(str(e))
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['train']} train, "

@@ -238,6 +238,27 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert images and all(a[k] != c[k] for k in images)
 
 
+def test_object_scale_draws_larger_targets(tmp_path):
+    """Same seed, `object_scale` 2: the targets cover more of the image (median over 24
+    samples); out-of-range scales are refused before anything is written."""
+
+    def median_fraction(root: Path) -> float:
+        records = json.loads((root / "train" / "annotations" / "train.json").read_text())
+        areas = [mask_utils.area({"size": m["size"], "counts": m["counts"].encode()})
+                 / (m["size"][0] * m["size"][1]) for r in records for m in r["mask"]]
+        return float(np.median(areas))
+
+    for name, scale in (("one", 1.0), ("two", 2.0)):
+        synthetic.generate(tmp_path / name, 24, seed=5, size=128, test_fraction=0.0,
+                           object_scale=scale)
+    one, two = median_fraction(tmp_path / "one"), median_fraction(tmp_path / "two")
+    assert two > 2 * one, (one, two)  # areas grow ~4x where the objects still fit
+    for bad in (0.1, 5.0):
+        with pytest.raises(ValueError, match="object_scale"):
+            synthetic.generate(tmp_path / f"bad{bad}", 2, object_scale=bad)
+        assert not (tmp_path / f"bad{bad}").exists()
+
+
 def test_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "d"
     synthetic.generate(out, 3, size=128)
