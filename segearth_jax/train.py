@@ -331,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     old = signal.signal(signal.SIGTERM, on_signal)
     last: dict[str, float] = {}
+    window, window_sum = 0, None  # Metrics summed on device since the last log line.
     t0 = time.time()
     try:
         for step in range(start, total):
@@ -338,13 +339,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 local = next(data_iter)
                 batch = trainer.global_batch(local)
                 state, metrics = trainer.step_fn(state, frozen, batch)
+            window += 1
+            window_sum = metrics if window_sum is None else jax.tree.map(
+                jnp.add, window_sum, metrics)
             done = step + 1
             if debug.get("log_data_order"):  # which records each step saw (resume tests)
                 with open(workdir / f"data_order.{jax.process_index()}.txt", "a") as f:
                     f.write(f"{done} {' '.join(map(str, local['record_index'].tolist()))}\n")
             progress(done)
             if done % config.log_every == 0 or done == total:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                # Logged values: means over the steps since the previous log line.
+                last = {k: float(v) / window for k, v in jax.device_get(window_sum).items()}
+                window, window_sum = 0, None
                 bad = int(jax.device_get(state.bad_step))
                 if bad >= 0:
                     raise FloatingPointError(
