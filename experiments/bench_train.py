@@ -1,31 +1,72 @@
-"""Train-step time, memory and the cost of the spatial attention loss (on vs off).
+"""Train-step time and memory, ours (JAX) vs a PyTorch reference train step of the same model and
+losses, same run; and the cost of the spatial attention loss (on vs off).
 
     python experiments/bench_train.py --preset tiny      # CPU
     python experiments/bench_train.py --preset medium    # CPU, a wider/deeper LLM and 256 px
     python experiments/bench_train.py --preset lasers    # GPU: the paper's config, batch 4, bf16
+    python experiments/bench_train.py --no-torch         # ours only
 
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
-random (the speed does not depend on them). Prints, per setting, the median step time, the
-compiled step's memory (arguments + temporaries, from XLA's memory analysis), the FLOPs XLA
-counts for the step and, on a GPU, the model FLOPs utilization against the device's peak.
+random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
+over `--iters`), with the compiled step's memory (arguments + temporaries, from XLA's memory
+analysis), the FLOPs XLA counts and, on a GPU, the model FLOPs utilization.
+
+The reference is the official code's train step in PyTorch, built from transformers' modules of
+the same config (HF-initialized weights, the two sides' weights differ): SigLIP truncated to the
+layers that produce `hidden_states[-2]` (as ours; no head, no post-layernorm) -> Linear/GELU/Linear
+projector -> embeddings spliced into `PhiForCausalLM`'s at the image-token rows (LoRA Linear
+wrappers on the config's targets, PEFT's computation) -> forward with `labels` (transformers'
+shifted cross-entropy), `output_hidden_states=True` and, with the spatial loss,
+`output_attentions=True` under eager attention (the full [B, H, T, T] maps, as the official code
+gets them; sdpa without it) -> last hidden states at the `[SEG]` positions -> `Linear(E -> C)` ->
+the queries of HF's `Mask2FormerModel` (all `max_seg` of them, padding included, as ours; a
+forward pre-hook on its transformer decoder puts them in place of the learned queries) ->
+every decoder prediction -> `Mask2FormerLoss.loss_masks` (point-sampled BCE + Dice, uncertainty
+sampling, on the valid `[SEG]`s only) -> the paper's spatial loss over the `[SEG]` rows of the
+attention maps -> backward -> global-norm clip -> `torch.optim.AdamW`. Parameters train as the
+config's `trainable` regexes say (matched against our path of each tensor; counts printed).
+fp32 on the CPU; on a GPU bf16 autocast over fp32 weights (ours keeps frozen weights in bf16).
+The references run first, before anything of ours is allocated (on a GPU XLA's preallocation is
+turned off so that PyTorch gets the memory). PyTorch peak memory: on a GPU
+`torch.cuda.max_memory_allocated`, on the CPU the growth of the process's peak resident set
+(VmHWM reset before the models are built), both over what was allocated before the build: its
+weights, gradients, AdamW state and activations (ours: `args` + `temp`).
+Prints median ms per step and the ratio PyTorch / ours (> 1: we are faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import gc
+import os
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss  # noqa: E402
 
 from configs import common, tiny  # noqa: E402
+from experiments.bench_infer import hf_mask2former  # noqa: E402
 from experiments.timing import timeit  # noqa: E402
+from segearth_jax.models.lora import LoRAConfig  # noqa: E402
+from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
 from segearth_jax.train import Trainer, random_batch  # noqa: E402
 
 # bf16 dense peak FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# PyTorch intra-op threads (0: all cores), as bench_infer.py: on the loaded 2-core CPU machine
+# 2 threads made PyTorch 10 to 100x slower (waits at the threads' barriers); the medium step took
+# 4.8 s with 1 thread, 28.7 s with 2.
+TORCH_THREADS = {"tiny": 1, "medium": 1, "lasers": 0}
+GIB = 2**30
 
 
 def preset(name: str, spatial: str):
@@ -33,8 +74,10 @@ def preset(name: str, spatial: str):
         c = tiny.get_config()
     elif name == "medium":
         c = tiny.get_config()
+        # Rotary on half of the 64 head dims: 0.4 (Phi-2's, 32 of 80) would rotate an odd 25,
+        # which neither ours nor transformers' Phi supports.
         c.model.mllm.update(dict(hidden_size=512, num_layers=8, num_heads=8,
-                                 intermediate_size=2048))
+                                 intermediate_size=2048, partial_rotary_factor=0.5))
         c.data.update(dict(image_size=256, max_len=256, batch_size=4))
         c.loss.num_heads = 8
     elif name == "lasers":
@@ -46,8 +89,11 @@ def preset(name: str, spatial: str):
     return c
 
 
-def bench(name: str, spatial: str, iters: int) -> dict:
-    config = preset(name, spatial)
+# ---------------------------------------------------------------------------------------------
+# Ours.
+
+
+def bench(config, iters: int) -> dict:
     trainer = Trainer(config)
     state, frozen = trainer.init(0)
     batch = trainer.global_batch(random_batch(config))
@@ -59,14 +105,14 @@ def bench(name: str, spatial: str, iters: int) -> dict:
     box = {"state": state}
 
     def step():
-        box["state"], m = compiled(box["state"], frozen, batch)
-        jax.block_until_ready(m)
+        box["state"], box["metrics"] = compiled(box["state"], frozen, batch)
+        jax.block_until_ready(box["metrics"])
 
     t = timeit(step, iters, warmup=1)
-    gb = 2**30
-    out = dict(step_s=t, flops=flops,
-               args_gib=getattr(mem, "argument_size_in_bytes", 0) / gb if mem else float("nan"),
-               temp_gib=getattr(mem, "temp_size_in_bytes", 0) / gb if mem else float("nan"))
+    n_train = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    out = dict(step_s=t, flops=flops, loss=float(box["metrics"]["loss"]), trainable=n_train,
+               args_gib=getattr(mem, "argument_size_in_bytes", 0) / GIB if mem else float("nan"),
+               temp_gib=getattr(mem, "temp_size_in_bytes", 0) / GIB if mem else float("nan"))
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK.items() if k in kind), None)
     if peak and jax.default_backend() == "gpu":
@@ -74,18 +120,308 @@ def bench(name: str, spatial: str, iters: int) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# The PyTorch reference.
+
+
+class LoRALinear(torch.nn.Module):
+    """PEFT's LoRA Linear: `base(x) + lora_b(lora_a(dropout(x))) * alpha / r`, B zero-init."""
+
+    def __init__(self, base: torch.nn.Linear, cfg: LoRAConfig):
+        super().__init__()
+        self.base = base
+        self.lora_a = torch.nn.Linear(base.in_features, cfg.rank, bias=False)
+        self.lora_b = torch.nn.Linear(cfg.rank, base.out_features, bias=False)
+        torch.nn.init.zeros_(self.lora_b.weight)
+        self.dropout = torch.nn.Dropout(cfg.dropout)
+        self.scaling = cfg.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_b(self.lora_a(self.dropout(x))) * self.scaling
+
+
+def our_path(prefix: str, torch_name: str) -> str:
+    """Our '/'-joined path for a PyTorch module or parameter name, for the config's regexes:
+    layer indices dropped (our layers are scanned), LoRA's `base.` wrapper and `lora_x.weight`
+    folded to ours; other leaf names stay PyTorch's (`weight`, not `kernel`)."""
+    name = re.sub(r"\.\d+(?=\.|$)", "", torch_name).replace(".base.", ".")
+    name = re.sub(r"(lora_[ab])\.weight$", r"\1", name)
+    return "/".join([prefix, *name.split(".")]) if name else prefix
+
+
+@dataclasses.dataclass
+class Reference:
+    siglip: torch.nn.Module
+    projector: torch.nn.Module
+    phi: torch.nn.Module
+    seg_projector: torch.nn.Module
+    m2f: torch.nn.Module
+
+    def groups(self) -> list[tuple[str, torch.nn.Module]]:
+        """(our path prefix, module) for every parameter group."""
+        pl = self.m2f.pixel_level_module
+        return [("mllm/vision_tower", self.siglip), ("mllm/mm_projector", self.projector),
+                ("mllm/llm", self.phi), ("seg_projector", self.seg_projector),
+                ("seg_head/backbone", pl.encoder), ("seg_head/pixel_decoder", pl.decoder),
+                ("seg_head/predictor", self.m2f.transformer_module)]
+
+
+def build_reference(config) -> Reference:
+    """The PyTorch modules of `config.model` (fp32, HF init, train mode), LoRA where the config
+    puts it, `requires_grad` from `config.trainable`."""
+    cfg = SegEarthR2Config.from_config(config.model)
+    llm, vis = cfg.mllm.llm, cfg.mllm.vision
+    phi = transformers.PhiForCausalLM(transformers.PhiConfig(
+        vocab_size=llm.vocab_size, hidden_size=llm.hidden_size,
+        num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads,
+        intermediate_size=llm.intermediate_size, partial_rotary_factor=llm.partial_rotary_factor,
+        rope_theta=llm.rope_theta, layer_norm_eps=llm.layer_norm_eps, hidden_act="gelu_new",
+        resid_pdrop=llm.resid_pdrop, embd_pdrop=llm.embd_pdrop, attention_dropout=0.0,
+        tie_word_embeddings=False))
+    if not llm.lm_head_bias:  # the official SegEarth-R2 rebuilds lm_head without a bias
+        phi.lm_head = torch.nn.Linear(llm.hidden_size, llm.vocab_size, bias=False)
+    for name, module in list(phi.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, torch.nn.Linear) and llm.lora.is_target(
+                    our_path("mllm/llm", full)):
+                setattr(module, child_name, LoRALinear(child, llm.lora))
+    # Only the layers that produce hidden_states[select_layer], as ours computes.
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=vis.width, num_hidden_layers=cfg.mllm.vision_layers,
+        num_attention_heads=vis.num_heads, intermediate_size=vis.mlp_dim,
+        patch_size=vis.patch_size, image_size=vis.image_size, layer_norm_eps=vis.layer_norm_eps,
+        vision_use_head=False))
+    if cfg.mllm.vision_layers < vis.depth:
+        getattr(siglip, "vision_model", siglip).post_layernorm = torch.nn.Identity()
+    projector = torch.nn.Sequential(torch.nn.Linear(vis.width, llm.hidden_size), torch.nn.GELU(),
+                                    torch.nn.Linear(llm.hidden_size, llm.hidden_size))
+    seg_projector = torch.nn.Linear(llm.hidden_size, cfg.seg_head.decoder.hidden_dim)
+    ref = Reference(siglip, projector, phi, seg_projector, hf_mask2former(cfg.seg_head, False))
+    patterns = [re.compile(p) for p in config.trainable]
+    for prefix, module in ref.groups():
+        module.train()
+        for name, p in module.named_parameters():
+            p.requires_grad_(any(pat.fullmatch(our_path(prefix, name)) for pat in patterns))
+    return ref
+
+
+def spatial_loss_paper(attentions: tuple[torch.Tensor, ...], seg_idx: torch.Tensor,
+                       img_idx: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                       eps: float, divide_by_all_rows: bool) -> torch.Tensor:
+    """`losses.spatial_loss_paper` on the full attention maps: attentions, per layer
+    [B, H, T, T]; seg_idx [B, Q] (clamped >= 0); img_idx [B, N]; target [B, Q, N]; valid [B, Q]."""
+    b, q = seg_idx.shape
+    n = img_idx.shape[1]
+    attn = 0.0
+    for a in attentions:  # the [SEG] rows, then the image columns; mean over heads
+        h, t = a.shape[1], a.shape[-1]
+        rows = a.gather(2, seg_idx[:, None, :, None].expand(b, h, q, t))  # [B, H, Q, T]
+        attn = attn + rows.gather(3, img_idx[:, None, None, :].expand(b, h, q, n)).float().mean(1)
+    attn = attn / len(attentions)  # [B, Q, N], mean over layers
+    fg = (target != 0).float()
+    bg = 1.0 - fg
+    n_fg, n_bg = fg.sum(-1), bg.sum(-1)
+    a_bg = (attn * bg).sum(-1) / n_bg.clamp(min=1.0)
+    mse = ((attn - a_bg[..., None]) ** 2 * fg).sum(-1) / n_fg.clamp(min=1.0)
+    used = valid & (n_fg > 0)
+    rows = torch.where(used, -torch.log(mse + eps), torch.zeros_like(mse))
+    denom = valid.sum() if divide_by_all_rows else used.sum()
+    return rows.sum() / denom.clamp(min=1).float()
+
+
+def bench_torch(config, iters: int, device: str) -> dict:
+    """The reference train step: median seconds, peak memory over the pre-build allocation."""
+    cuda = device == "cuda"
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = cpu_memory_reset()
+    torch.manual_seed(0)
+    ref = build_reference(config)
+    for _, module in ref.groups():
+        module.to(device)
+    spatial = config.loss.spatial_variant
+    if spatial not in ("none", "paper"):
+        raise SystemExit(f"bench_train.py: spatial variant {spatial!r}: the reference does "
+                         "'none' and 'paper'")
+    # Eager attention returns the full maps for the spatial loss; sdpa is the fast path without.
+    ref.phi.set_attn_implementation("eager" if spatial == "paper" else "sdpa")
+    ref.siglip.set_attn_implementation("sdpa")
+
+    lc = config.loss
+    ref.m2f.config.update(dict(train_num_points=lc.num_points, oversample_ratio=lc.oversample_ratio,
+                               importance_sample_ratio=lc.importance_sample_ratio))
+    criterion = Mask2FormerLoss(ref.m2f.config, weight_dict={})
+    params = [p for _, m in ref.groups() for p in m.parameters() if p.requires_grad]
+    o = config.optim
+    opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.b1, o.b2), eps=o.eps,
+                            weight_decay=o.weight_decay)
+    vision_grad = any(p.requires_grad for p in ref.siglip.parameters())
+
+    # The batch, NCHW images; the i-th valid [SEG] of an image pairs with its i-th mask.
+    nb = random_batch(config)
+    tt = lambda k, **kw: torch.from_numpy(np.ascontiguousarray(nb[k])).to(device, **kw)
+    ids, labels = tt("input_ids").long(), tt("labels").long()
+    sig_px = tt("siglip_pixels").permute(0, 3, 1, 2).contiguous()
+    px = tt("pixels").permute(0, 3, 1, 2).contiguous()
+    seg_pos, valid = tt("seg_positions").long(), tt("seg_valid").bool()
+    masks = tt("masks").float()
+    b, q = seg_pos.shape
+    target = tt("masks_grid").reshape(b, q, -1)
+    is_image = ids == config.data.image_token_id
+    img_idx = is_image.nonzero()[:, 1].reshape(b, -1)  # [B, N] image-token columns
+    seg_idx = seg_pos.clamp(min=0)
+    mask_labels = [masks[i][valid[i]] for i in range(b)]
+    indices = [(valid[i].nonzero()[:, 0], torch.arange(int(valid[i].sum()), device=device))
+               for i in range(b)]
+    num_masks = valid.sum().clamp(min=1).float()
+
+    # The projected [SEG] states replace HF's learned queries: a forward pre-hook on the
+    # transformer decoder swaps its `inputs_embeds` [Q, B, C]; the query position embedding is
+    # zero, as ours.
+    query = {}
+
+    def inject(module, args, kwargs):
+        kwargs["inputs_embeds"] = query["q"].transpose(0, 1)
+        kwargs["query_position_embeddings"] = torch.zeros_like(kwargs["inputs_embeds"])
+        return args, kwargs
+
+    ref.m2f.transformer_module.decoder.register_forward_pre_hook(inject, with_kwargs=True)
+
+    def loss_fn() -> torch.Tensor:
+        with torch.set_grad_enabled(vision_grad):
+            feats = ref.siglip(sig_px).last_hidden_state  # = hidden_states[-2] of the full tower
+        feats = ref.projector(feats)
+        emb = ref.phi.model.embed_tokens(ids.clamp(min=0))
+        emb = emb.masked_scatter(is_image[..., None], feats.to(emb.dtype))
+        out = ref.phi(inputs_embeds=emb, labels=labels, output_hidden_states=True,
+                      output_attentions=spatial == "paper")
+        hidden = out.hidden_states[-1]  # [B, T, E]
+        seg_hidden = hidden.gather(1, seg_idx[..., None].expand(-1, -1, hidden.shape[-1]))
+        query["q"] = ref.seg_projector(seg_hidden)
+        bce = dice = 0.0
+        for pred in ref.m2f(px).masks_queries_logits:  # P x [B, Q, h, w]
+            parts = criterion.loss_masks(pred.float(), mask_labels, indices, num_masks)
+            bce, dice = bce + parts["loss_mask"], dice + parts["loss_dice"]
+        loss = out.loss + lc.bce_weight * bce + lc.dice_weight * dice
+        if spatial == "paper":
+            loss = loss + lc.spatial_weight * spatial_loss_paper(
+                out.attentions, seg_idx, img_idx, target, valid, lc.spatial_eps,
+                lc.spatial_divide_by_all_rows)
+        return loss
+
+    box = {}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn()
+        loss.backward()
+        if o.grad_clip and o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, o.grad_clip)
+        opt.step()
+        box["loss"] = loss.detach()
+        if cuda:
+            torch.cuda.synchronize()
+
+    t = timeit(step, iters, warmup=1)
+    peak = ((torch.cuda.max_memory_allocated() - base) if cuda else cpu_memory_peak(base)) / GIB
+    # Trainable tensors that got a gradient (HF's unused learned queries get none).
+    return dict(step_s=t, peak_gib=peak, loss=float(box["loss"]),
+                trainable=sum(p.numel() for p in params if p.grad is not None))
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def cpu_memory_reset() -> int | None:
+    """The resident bytes now, after giving freed heap back to the OS and resetting the peak
+    (VmHWM) counter, so that `cpu_memory_peak` sees the reference's own growth; None where
+    Linux's /proc/self/clear_refs cannot be written."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmRSS") * 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def cpu_memory_peak(base: int | None) -> float:
+    return float("nan") if base is None else _status_kib("VmHWM") * 1024 - base
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "medium", "lasers"])
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch intra-op threads, 0: all cores (default: the preset's)")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, preset {args.preset}")
-    res = {s: bench(args.preset, s, args.iters) for s in ("none", "paper")}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.no_torch:  # on a GPU, leave PyTorch the memory XLA would preallocate (75%)
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    threads = TORCH_THREADS[args.preset] if args.torch_threads is None else args.torch_threads
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    c = preset(args.preset, "none")
+    d, cfg = c.data, SegEarthR2Config.from_config(c.model)
+    llm = cfg.mllm.llm
+    print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
+          f"({jax.default_backend()}), torch on {device}; jax {jax.__version__}, torch "
+          f"{torch.__version__}, transformers {transformers.__version__}")
+    print(f"preset {args.preset}: Phi {llm.num_layers} x {llm.hidden_size} (LoRA rank "
+          f"{llm.lora.rank}), SigLIP {cfg.mllm.vision_layers} of {cfg.mllm.vision.depth} layers x "
+          f"{cfg.mllm.vision.width}, seg head {c.model.seg_head.variant}, "
+          f"{llm.dtype.name if hasattr(llm.dtype, 'name') else llm.dtype}; batch "
+          f"{d.batch_size}, max_len {d.max_len}, canvas "
+          f"{d.image_size}, siglip {d.siglip_size}, max_seg {d.max_seg}, {c.loss.num_points} "
+          f"points; median of {args.iters} steps after 1 warmup")
+    if not args.no_torch:
+        mem = ("torch.cuda.max_memory_allocated" if device == "cuda" else
+               "peak RSS growth from the build to the last step (VmHWM reset before)")
+        print(f"torch: {'bf16 autocast' if device == 'cuda' else 'fp32'}, "
+              f"{torch.get_num_threads()} intra-op thread(s); memory = {mem}")
+
+    # The references first: nothing of ours is allocated yet when their memory is measured.
+    configs = {s: preset(args.preset, s) for s in ("none", "paper")}
+    res = {s: {"torch": None if args.no_torch else bench_torch(c, args.iters, device)}
+           for s, c in configs.items()}
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    for s, c in configs.items():
+        res[s]["jax"] = bench(c, args.iters)
+
+    print(f"{'spatial':<8}{'ours ms':>10}{'torch ms':>10}{'torch/ours':>12}{'TFLOP':>9}"
+          f"{'args GiB':>10}{'temp GiB':>10}{'torch GiB':>11}")
     for s, r in res.items():
-        mfu = f"  MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
-        print(f"spatial={s:6s} step {1e3 * r['step_s']:8.1f} ms  {r['flops'] / 1e12:7.3f} TFLOP  "
-              f"args {r['args_gib']:.2f} GiB  temp {r['temp_gib']:.2f} GiB{mfu}")
-    print(f"spatial loss cost: {res['paper']['step_s'] / res['none']['step_s']:.3f}x step time")
+        j, t = r["jax"], r["torch"]
+        tcols = (f"{1e3 * t['step_s']:10.1f}{t['step_s'] / j['step_s']:11.2f}x" if t
+                 else f"{'-':>10}{'-':>12}")
+        mfu = f"  MFU {100 * j['mfu']:.1f}%" if "mfu" in j else ""
+        print(f"{s:<8}{1e3 * j['step_s']:10.1f}{tcols}{j['flops'] / 1e12:9.3f}"
+              f"{j['args_gib']:10.2f}{j['temp_gib']:10.2f}"
+              + (f"{t['peak_gib']:11.2f}" if t else f"{'-':>11}") + mfu)
+    cost = lambda k: res["paper"][k]["step_s"] / res["none"][k]["step_s"]
+    print(f"spatial loss cost (paper / none step time): ours {cost('jax'):.3f}x"
+          + ("" if args.no_torch else f", torch {cost('torch'):.3f}x"))
+    r = res["paper"]
+    print(f"trainable parameters: ours {r['jax']['trainable']:,}"
+          + ("" if args.no_torch else f", torch {r['torch']['trainable']:,}"))
+    print("last-step loss (sanity only: the weights differ): "
+          + ", ".join(f"{s}: ours {v['jax']['loss']:.3f}"
+                      + ("" if args.no_torch else f" torch {v['torch']['loss']:.3f}")
+                      for s, v in res.items()))
 
 
 if __name__ == "__main__":
