@@ -2,7 +2,7 @@
 held-out test split (generation + masks, preset segearth_r2) and compare with the best trivial
 masks (all-zero, all-one) scored by the same evaluator.
 
-    python experiments/learn_tiny.py --out runs/learn_tiny --n 2000 --steps 1000 \
+    python experiments/learn_tiny.py --out runs/learn_tiny --n 2000 --steps 3000 \
         --object-scale 2 --eval-limit 400 [--set optim.lr=3e-4 ...]
 
 Writes OUT/learning.json (gIoU, cIoU and the trivial masks' gIoU on the same records). The
