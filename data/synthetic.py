@@ -26,7 +26,7 @@ are `size x size`, `0.75 size x size` or `size x 0.75 size` (H x W).
 Deterministic: sample i depends only on (seed, i) and its rank in its split.
 
   python -m data.synthetic --out DIR --n 2000 [--seed 0] [--size 256] [--test-fraction 0.2]
-      [--object-scale 1.0]
+      [--object-scale 1.0] [--subsets semantic single explicit short]
 """
 
 from __future__ import annotations
@@ -251,10 +251,19 @@ class Spec:
 _BITS = ((0, 0, 0), (1, 1, 1), (0, 1, 0), (1, 0, 1), (0, 0, 1), (1, 1, 0), (1, 0, 0), (0, 1, 1))
 
 
-def spec_for(rank: int) -> Spec:
-    """Dimensions of the record at position `rank` within its split (balanced cycle of 24)."""
+def spec_for(rank: int, subsets: Sequence[str] = ()) -> Spec:
+    """Dimensions of the record at position `rank` within its split (balanced cycle of 24).
+
+    `subsets` restricts the dimensions that name any of them to those values, e.g.
+    ("semantic", "explicit") gives only semantic, explicit records of every multiplicity and
+    length; the others keep their balanced cycle."""
     m, r, ln = _BITS[rank % 8]
-    return Spec(GRANULARITY[rank % 3], MULTIPLICITY[m], REASONING[r], LENGTH[ln])
+    spec = Spec(GRANULARITY[rank % 3], MULTIPLICITY[m], REASONING[r], LENGTH[ln])
+    values = []
+    for dim, value in zip(DIMENSIONS.values(), spec.subsets(), strict=True):
+        allowed = [v for v in dim if v in subsets] or dim
+        values.append(value if value in allowed else allowed[rank % len(allowed)])
+    return Spec(*values)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -859,22 +868,28 @@ def _write_json(path: Path, records: list[dict]) -> None:
     path.write_text(json.dumps(records, ensure_ascii=True) + "\n")
 
 
-def _check_args(n: int, size: int, test_fraction: float, object_scale: float = 1.0) -> None:
+def _check_args(n: int, size: int, test_fraction: float, object_scale: float = 1.0,
+                subsets: Sequence[str] = ()) -> None:
     if n < 1 or size < 64 or not 0 <= test_fraction <= 1 or not 0.25 <= object_scale <= 4:
         raise ValueError(f"need n >= 1, size >= 64, 0 <= test_fraction <= 1, 0.25 <= "
                          f"object_scale <= 4; got n={n}, size={size}, "
                          f"test_fraction={test_fraction}, object_scale={object_scale}")
+    unknown = sorted(set(subsets) - set(SUBSETS))
+    if unknown:
+        raise ValueError(f"unknown subsets {unknown}; choose from {', '.join(SUBSETS)}")
 
 
 def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: float = 0.2,
-             overwrite: bool = False, verbose: bool = False, object_scale: float = 1.0) -> dict:
+             overwrite: bool = False, verbose: bool = False, object_scale: float = 1.0,
+             subsets: Sequence[str] = ()) -> dict:
     """Writes `n` samples (one image and one record each) under `out`; returns counts:
     {"train": int, "test": int, "masks": int, "test_subsets": {subset: int}}.
 
-    `out` must be empty or absent unless `overwrite` (then only out/train and out/test are
-    removed first)."""
+    `subsets` restricts the records' dimensions (`spec_for`); the test files of the excluded
+    subsets are written empty. `out` must be empty or absent unless `overwrite` (then only
+    out/train and out/test are removed first)."""
     out = Path(out)
-    _check_args(n, size, test_fraction, object_scale)
+    _check_args(n, size, test_fraction, object_scale, subsets)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to "
@@ -890,12 +905,12 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
     is_test = np.zeros(n, bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
     train: list[dict] = []
-    subsets: dict[str, list[dict]] = {s: [] for s in SUBSETS}
+    by_subset: dict[str, list[dict]] = {s: [] for s in SUBSETS}
     ranks = {False: 0, True: 0}
     n_masks, start = 0, time.perf_counter()
     for i in range(n):
         test = bool(is_test[i])
-        spec = spec_for(ranks[test])
+        spec = spec_for(ranks[test], subsets)
         ranks[test] += 1
         image, record = make_sample(seed, i, spec, size, object_scale)
         split = "test" if test else "train"
@@ -905,16 +920,16 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
         n_masks += len(record["mask"])
         if test:
             for s in spec.subsets():
-                subsets[s].append(record)
+                by_subset[s].append(record)
         else:
             train.append(record)
         if verbose and ((i + 1) % 250 == 0 or i + 1 == n):
             print(f"{i + 1}/{n} samples, {time.perf_counter() - start:.1f} s", flush=True)
     _write_json(out / "train" / "annotations" / "train.json", train)
-    for s, records in subsets.items():
+    for s, records in by_subset.items():
         _write_json(out / "test" / "annotations" / f"{s}.json", records)
     return {"train": len(train), "test": n_test, "masks": n_masks,
-            "test_subsets": {s: len(r) for s, r in subsets.items()}}
+            "test_subsets": {s: len(r) for s, r in by_subset.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -927,17 +942,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--object-scale", type=float, default=1.0,
                         help="object size multiplier (relative to the image; 2 = twice as long)")
+    parser.add_argument("--subsets", nargs="+", default=(), metavar="SUBSET",
+                        help="only records of these subsets in the dimensions they name, e.g. "
+                             "`semantic single explicit short` for the easiest set")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT/train and OUT/test when OUT is not empty")
     args = parser.parse_args(argv)
     try:
-        _check_args(args.n, args.size, args.test_fraction, args.object_scale)
+        _check_args(args.n, args.size, args.test_fraction, args.object_scale, args.subsets)
     except ValueError as e:
         parser.error(str(e))
     start = time.perf_counter()
     try:
         counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
-                          overwrite=args.overwrite, verbose=True, object_scale=args.object_scale)
+                          overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
+                          subsets=args.subsets)
     except FileExistsError as e:
         parser.error(str(e))
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['train']} train, "

@@ -287,3 +287,22 @@ def test_spec_cycle_is_balanced():
     assert len({s.subsets() for s in specs[:24]}) == 24  # All 3*2*2*2 combinations.
     for j in range(len(specs) - 2):  # Any 3 consecutive records cover all 9 subsets.
         assert {x for s in specs[j:j + 3] for x in s.subsets()} == set(synthetic.SUBSETS)
+
+
+def test_subsets_restrict_the_dimensions_they_name(tmp_path):
+    specs = [synthetic.spec_for(j, ("semantic", "part", "short")) for j in range(48)]
+    assert {s.granularity for s in specs} == {"semantic", "part"}
+    assert {s.length for s in specs} == {"short"}
+    for dim in ("multiplicity", "reasoning"):  # not named: both values, balanced
+        values = [getattr(s, dim) for s in specs]
+        assert values.count(values[0]) == len(values) // 2
+    counts = synthetic.generate(tmp_path / "easy", 6, seed=1, size=128, test_fraction=0.5,
+                                subsets=("semantic", "single", "explicit", "short"))
+    assert counts["test_subsets"] == {s: 3 if s in ("semantic", "single", "explicit", "short")
+                                      else 0 for s in synthetic.SUBSETS}
+    records = json.loads((tmp_path / "easy/train/annotations/train.json").read_text())
+    assert len(records) == 3 and all(r["answer"].count("[SEG]") == 1 for r in records)
+    assert json.loads((tmp_path / "easy/test/annotations/part.json").read_text()) == []
+    with pytest.raises(ValueError, match="unknown subsets"):
+        synthetic.generate(tmp_path / "bad", 2, subsets=("semantics",))
+    assert not (tmp_path / "bad").exists()
