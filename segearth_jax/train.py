@@ -3,12 +3,15 @@
 One `jax.jit` step over a (data, fsdp) mesh; gradients and AdamW state only for the trainable
 subtree (config `trainable` regexes), frozen weights stored in the compute dtype; orbax
 checkpoints (async, keep-N) of the trainable params, optimizer state, step, rng and the grain
-iterator state, so that a killed run resumes to the same result; clu metric writers.
+iterator state, so that a killed run resumes to the same result; clu metric writers
+(TensorBoard + console) and `workdir/metrics.jsonl` (one JSON object per log line: "step" and
+the means of the metrics over the steps since the previous line).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import sys
@@ -164,7 +167,7 @@ def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
             state.params, frozen, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         # A non-finite step leaves the state untouched; the host stops at the next check.
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -358,6 +361,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         f"stopping without saving. Last good checkpoint: {mngr.latest_step()}")
                 writer.write_scalars(done, last)
                 if is_main:
+                    with open(workdir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": done, **last}) + "\n")
                     rate = (done - start) / max(time.time() - t0, 1e-9)
                     eta = (total - done) / max(rate, 1e-9)
                     parts = "  ".join(f"{k.removesuffix('_loss')} {last[k]:.4f}" for k in

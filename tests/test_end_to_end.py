@@ -90,8 +90,17 @@ def test_killed_run_resumes_bitwise(env, trained):
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a),
                             jax.tree_util.tree_leaves(b), strict=True):
         assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
-    # The run logged every loss component separately (clu writer, TensorBoard event file).
+    # The run logged every loss component separately (clu writer, TensorBoard event file), and
+    # metrics.jsonl holds the same means per log line; the killed + resumed run re-logs the
+    # steps after its checkpoint with the same values.
     assert list((trained / "logs").glob("events.out.tfevents.*"))
+    logged = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == list(range(1, 7))
+    assert all(np.isfinite(m[k]) for m in logged for k in
+               ("loss", "text_loss", "bce_loss", "dice_loss", "spatial_loss"))
+    resumed = {m["step"]: m for m in map(json.loads, (workdir / "metrics.jsonl").read_text()
+                                          .splitlines())}
+    assert resumed == {m["step"]: m for m in logged}
 
 
 def test_evaluate_reports_every_subset(env, trained, tmp_path):
