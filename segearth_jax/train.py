@@ -200,17 +200,37 @@ class Trainer:
         """Fresh state: (TrainState sharded, frozen params sharded)."""
         rng = jax.random.key(rng_seed)
         params = init_params(self.config, self.model, jax.random.fold_in(rng, 1))
+        state, frozen = self._split_state(params, rng)
+        self.state_sharding = self._state_shardings(state)
+        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
+        # Every process computed the same values: place them from host memory.
+        state = jax.device_put(jax.device_get(state), self.state_sharding)
+        frozen = jax.device_put(jax.device_get(frozen), self.frozen_sharding)
+        return state, frozen
+
+    def abstract_init(self) -> tuple[TrainState, Any]:
+        """The shapes, dtypes and shardings `init` gives, nothing allocated (`jax.eval_shape`):
+        for compiling or costing the full-size step on any machine."""
+
+        def fresh(rng):
+            batch = {k: jnp.asarray(v) for k, v in example_batch(self.config, 1).items()}
+            params = self.model.init(rng, *_model_args(batch))["params"]
+            return self._split_state(flax.core.unfreeze(params), rng)
+
+        state, frozen = jax.eval_shape(fresh, jax.random.key(0))
+        self.state_sharding = self._state_shardings(state)
+        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
+        put = lambda tree, sh: jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
+        return put(state, self.state_sharding), put(frozen, self.frozen_sharding)
+
+    def _split_state(self, params: dict, rng: jax.Array) -> tuple[TrainState, Any]:
         trainable, frozen = optim.split_params(params, list(self.config.trainable))
         frozen = optim.cast(frozen, self.config.frozen_dtype)
         state = TrainState(step=jnp.array(0, jnp.int32), params=trainable,
                            opt_state=self.tx.init(trainable),
                            rng=jax.random.key_data(jax.random.fold_in(rng, 2)),
                            bad_step=jnp.array(-1, jnp.int32))
-        self.state_sharding = self._state_shardings(state)
-        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
-        # Every process computed the same values: place them from host memory.
-        state = jax.device_put(jax.device_get(state), self.state_sharding)
-        frozen = jax.device_put(jax.device_get(frozen), self.frozen_sharding)
         return state, frozen
 
     def _state_shardings(self, state: TrainState) -> TrainState:
