@@ -5,6 +5,9 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
     python experiments/bench_train.py --preset medium    # CPU, a wider/deeper LLM and 256 px
     python experiments/bench_train.py --preset lasers    # GPU: the paper's config, batch 4, bf16
     python experiments/bench_train.py --no-torch         # ours only
+    python experiments/bench_train.py --preset lasers --compile-only  # any machine: compile
+        # the full-size step from abstract shapes (Trainer.abstract_init), print XLA's FLOPs and
+        # memory analysis for this backend; nothing is allocated or run
 
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
@@ -58,7 +61,7 @@ from experiments.bench_infer import hf_mask2former  # noqa: E402
 from experiments.timing import timeit  # noqa: E402
 from segearth_jax.models.lora import LoRAConfig  # noqa: E402
 from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
-from segearth_jax.train import Trainer, random_batch  # noqa: E402
+from segearth_jax.train import Trainer, example_batch, random_batch  # noqa: E402
 
 # bf16 dense peak FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -118,6 +121,31 @@ def bench(config, iters: int) -> dict:
     if peak and jax.default_backend() == "gpu":
         out["mfu"] = flops / t / (peak * jax.device_count())
     return out
+
+
+def compile_only(config) -> dict:
+    """Compiles the step from abstract shapes (no weights allocated, nothing run)."""
+    import time
+
+    trainer = Trainer(config)
+    state, frozen = trainer.abstract_init()
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
+             example_batch(config, config.data.batch_size).items()}
+    t0 = time.perf_counter()
+    lowered = trainer.step_fn.lower(state, frozen, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+    return dict(lower_s=t1 - t0, compile_s=t2 - t1,
+                flops=float(cost.get("flops", 0.0)) if cost else 0.0,
+                state_gib=size(state) / GIB, frozen_gib=size(frozen) / GIB,
+                args_gib=getattr(mem, "argument_size_in_bytes", 0) / GIB,
+                temp_gib=getattr(mem, "temp_size_in_bytes", 0) / GIB,
+                trainable=sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +395,20 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="PyTorch intra-op threads, 0: all cores (default: the preset's)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile ours from abstract shapes; print FLOPs and memory only")
     args = parser.parse_args()
+    if args.compile_only:
+        print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
+              f"({jax.default_backend()}); jax {jax.__version__}; preset {args.preset}")
+        for s in ("none", "paper"):
+            r = compile_only(preset(args.preset, s))
+            print(f"spatial {s}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s, "
+                  f"{r['flops'] / 1e12:.2f} TFLOP per step (XLA count), trainable "
+                  f"{r['trainable']:,} params; state {r['state_gib']:.2f} GiB, frozen "
+                  f"{r['frozen_gib']:.2f} GiB; XLA memory analysis: arguments "
+                  f"{r['args_gib']:.2f} GiB, temporaries {r['temp_gib']:.2f} GiB", flush=True)
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.no_torch:  # on a GPU, leave PyTorch the memory XLA would preallocate (75%)
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

@@ -6,7 +6,9 @@ masks (all-zero, all-one) scored by the same evaluator.
         --object-scale 2 --eval-limit 400 [--set optim.lr=3e-4 ...]
 
 Writes OUT/learning.json (gIoU, cIoU and the trivial masks' gIoU on the same records). The
-in-suite check is shorter and weaker: tests/test_learning.py fits one batch.
+in-suite check (tests/test_learning.py) is the short version on the easiest records:
+`--n 1200 --steps 500 --object-scale 2 --subsets semantic single explicit short
+--set data.max_len=96 data.max_prompt_len=80 eval.max_new_tokens=32 --eval-limit 96`.
 """
 
 from __future__ import annotations
@@ -19,41 +21,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def trivial_baselines(source, preset: str = "segearth_r2", limit: int | None = None
-                      ) -> dict[str, float]:
-    """gIoU of predicting all-zero or all-one masks for every GT mask of the first `limit`
-    records of `source` (all by default)."""
-    import numpy as np
-
-    from segearth_jax import metrics
-
-    out = {}
-    for name, fill in (("all_zero", False), ("all_one", True)):
-        ev = metrics.Evaluator(metrics.PRESETS[preset])
-        for i in range(len(source) if limit is None else min(limit, len(source))):
-            r = source[i]
-            gt = np.asarray(r["masks"]).astype(bool)
-            rid = r["id"].decode() if isinstance(r["id"], bytes) else str(r["id"])
-            sub = r["subset"].decode() if isinstance(r["subset"], bytes) else str(r["subset"])
-            ev.add(rid, [sub], np.full(gt.shape, fill), gt)
-        out[name] = ev.summary()["average"]["gIoU"]
-    return out
-
-
 def run(out: Path, n: int, steps: int, extra: tuple[str, ...] = (), object_scale: float = 1.0,
-        eval_limit: int | None = None) -> dict:
+        eval_limit: int | None = None, subsets: tuple[str, ...] = ()) -> dict:
     from absl import flags
 
     from configs import tiny
     from data import builders, synthetic
-    from segearth_jax.evaluate import evaluate
+    from segearth_jax.evaluate import evaluate, trivial_baselines
     from segearth_jax.input.sources import open_source
     from segearth_jax.train import train_and_evaluate
 
     flags.FLAGS.mark_as_parsed()
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "raw").exists():
-        synthetic.generate(out / "raw", n=n, seed=0, object_scale=object_scale)
+        synthetic.generate(out / "raw", n=n, seed=0, object_scale=object_scale,
+                           subsets=subsets)
     builders.build("synthetic", manual_dir=out / "raw", data_dir=out / "tfds")
     config = tiny.get_config()
     config.data.data_dir = str(out / "tfds")
@@ -68,7 +50,8 @@ def run(out: Path, n: int, steps: int, extra: tuple[str, ...] = (), object_scale
     train_and_evaluate(config, out / "run")
     summary = evaluate(config, out / "run" / "export", out=out, limit=eval_limit)
     base = trivial_baselines(open_source(config.data, config.data.eval_split), limit=eval_limit)
-    result = {"steps": steps, "n": n, "object_scale": object_scale, "eval_limit": eval_limit,
+    result = {"steps": steps, "n": n, "object_scale": object_scale, "subsets": list(subsets),
+              "eval_limit": eval_limit,
               "gIoU": summary["average"]["gIoU"],
               "cIoU": summary["average"]["cIoU"], **{f"trivial_{k}": v for k, v in base.items()}}
     (out / "learning.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -83,11 +66,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--object-scale", type=float, default=1.0,
                         help="synthetic object size multiplier (python -m data.synthetic)")
+    parser.add_argument("--subsets", nargs="+", default=(),
+                        help="synthetic records of these subsets only (python -m data.synthetic)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help="score only the first N test records (all by default)")
     parser.add_argument("--set", nargs="*", default=(), help="config overrides key=value")
     args = parser.parse_args()
-    run(args.out, args.n, args.steps, tuple(args.set), args.object_scale, args.eval_limit)
+    run(args.out, args.n, args.steps, tuple(args.set), args.object_scale, args.eval_limit,
+        tuple(args.subsets))
 
 
 if __name__ == "__main__":

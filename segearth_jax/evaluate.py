@@ -92,6 +92,23 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
     return summary
 
 
+def trivial_baselines(source: Any, preset: str = "segearth_r2", limit: int | None = None
+                      ) -> dict[str, float]:
+    """gIoU (average row) of predicting all-zero or all-one masks for every GT mask of the first
+    `limit` records of `source` (all by default), scored like `evaluate`: the floor a trained
+    model must clear. Returns {"all_zero": gIoU, "all_one": gIoU}."""
+    out = {}
+    n = len(source) if limit is None else min(limit, len(source))
+    for name, fill in (("all_zero", False), ("all_one", True)):
+        evaluator = metrics.Evaluator(metrics.PRESETS[preset])
+        for i in range(n):
+            rec = source[i]
+            gt = np.asarray(rec["masks"]).astype(bool)
+            evaluator.add(_str(rec["id"]), [_str(rec["subset"])], np.full(gt.shape, fill), gt)
+        out[name] = evaluator.summary()["average"]["gIoU"]
+    return out
+
+
 def _merge_processes(evaluator: metrics.Evaluator, out: Path) -> metrics.Evaluator:
     """Every process's per-record results, merged on process 0 (through `out`, which must be
     on a filesystem all processes share)."""

@@ -1,54 +1,57 @@
-"""The tiny model learns: trained on one real synthetic batch, every loss term falls.
+"""The tiny config learns: trained on synthetic scenes, it segments held-out images far better
+than the best trivial mask (all-zero or all-one), scored by the real evaluator.
 
-This is the short, in-suite check that the whole training path (pipeline -> model -> the four
-losses -> the jitted step -> AdamW) fits data. Held-out learning (gIoU against the trivial
-masks) takes much longer on a CPU: `experiments/learn_tiny.py`, figures in
-`experiments/RESULTS.md`."""
+The short, in-suite version of `experiments/learn_tiny.py` (its long runs on the full synthetic
+mix are in `experiments/RESULTS.md`): to fit a CPU test budget it trains on the easiest
+records only (`--subsets semantic single explicit short`, objects drawn twice as large) for a
+few hundred steps, then goes through the user's path: train_and_evaluate -> merged export ->
+evaluate (greedy generation, one mask per generated `[SEG]`) on the held-out test split.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
-import pytest
+
+EASY = ("semantic", "single", "explicit", "short")
+N_RECORDS, STEPS, EVAL_RECORDS = 1200, 500, 96
 
 
-@pytest.fixture(scope="module")
-def one_batch(tmp_path_factory) -> tuple:
+def test_tiny_config_beats_trivial_masks_on_held_out_images(tmp_path):
     from configs import tiny
     from data import builders, synthetic
-    from segearth_jax.input import pipeline, sources
+    from segearth_jax.evaluate import evaluate, trivial_baselines
+    from segearth_jax.input.sources import open_source
+    from segearth_jax.train import train_and_evaluate
 
-    root = tmp_path_factory.mktemp("learn")
-    synthetic.generate(root / "raw", n=10, seed=0, test_fraction=0.2, object_scale=2.0)
-    builders.build("synthetic", manual_dir=root / "raw", data_dir=root / "tfds")
+    synthetic.generate(tmp_path / "raw", n=N_RECORDS, seed=0, object_scale=2.0, subsets=EASY)
+    builders.build("synthetic", manual_dir=tmp_path / "raw", data_dir=tmp_path / "tfds")
     config = tiny.get_config()
-    config.data.data_dir = str(root / "tfds")
-    config.total_steps = 80
-    source = sources.open_source(config.data, "train")
-    tokenizer = sources.load_or_make_tokenizer(config, Path(root), source)
-    loader = pipeline.make_loader(source, tokenizer, config.data, train=True, seed=0,
-                                  worker_count=0)
-    return config, next(iter(loader))
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.max_len, config.data.max_prompt_len = 96, 80  # short records: shorter sequences
+    config.eval.max_new_tokens = 32
+    config.total_steps = STEPS
+    config.checkpoint.every = STEPS
+    train_and_evaluate(config, tmp_path / "run")
 
+    # Every loss term falls (means over the first and the last log windows of 25 steps).
+    logged = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    first, last = logged[0], logged[-1]
+    assert last["step"] == STEPS and all(np.isfinite(m["loss"]) for m in logged)
+    for key, factor in (("text_loss", 0.2), ("bce_loss", 0.6), ("dice_loss", 0.6),
+                        ("spatial_loss", 0.9)):
+        assert last[key] < factor * first[key], (key, first, last)
 
-def test_tiny_model_fits_one_batch(one_batch):
-    from segearth_jax.train import Trainer
-
-    config, local = one_batch
-    assert local["seg_valid"].sum() >= 8  # real targets: 8 records, >= 1 [SEG] each
-    trainer = Trainer(config)
-    state, frozen = trainer.init(0)
-    batch = trainer.global_batch(local)
-    history = []
-    for _ in range(config.total_steps):
-        state, metrics = trainer.step_fn(state, frozen, batch)
-        history.append({k: float(v) for k, v in metrics.items()})
-    first, last = history[0], {k: np.mean([h[k] for h in history[-5:]]) for k in history[0]}
-    # Measured (2026-11-23, CPU): text 7.84 -> 1.48, dice 4.44 -> 0.99 (sum of 5 predictions),
-    # BCE 3.35 -> 0.26, spatial 13.6 -> 8.6. Asserted with about 2x headroom.
-    assert last["text_loss"] < 0.4 * first["text_loss"], (first, last)
-    assert last["dice_loss"] < 0.5 * first["dice_loss"], (first, last)
-    assert last["bce_loss"] < 0.5 * first["bce_loss"], (first, last)
-    assert last["spatial_loss"] < 0.85 * first["spatial_loss"], (first, last)
-    assert np.isfinite(last["loss"]) and int(state.step) == config.total_steps
+    summary = evaluate(config, tmp_path / "run/export", out=tmp_path / "eval",
+                       limit=EVAL_RECORDS)["average"]
+    trivial = trivial_baselines(open_source(config.data, config.data.eval_split),
+                                limit=EVAL_RECORDS)
+    assert summary["n_samples"] == EVAL_RECORDS and summary["n_failed"] == 0, summary
+    # Measured (2026-11-23, idle 2-core CPU, 8 min): gIoU 0.45 (cIoU 0.46, Pr@0.5 0.48) against
+    # 0.07 for all-one and 0 for all-zero masks; first -> last 25 steps: text 6.6 -> 0.35, BCE
+    # 2.11 -> 0.66, dice 4.41 -> 1.51, spatial 13.5 -> 9.3. With other seeds (model and data)
+    # the same setup gave 0.65 against 0.09; 300 steps gave 0.21 to 0.52 (experiments/RESULTS.md):
+    # the masks improve after a plateau of ~125 steps, hence 500 steps and a 3x margin.
+    best_trivial = max(trivial.values())
+    assert summary["gIoU"] > 3 * best_trivial and summary["gIoU"] > 0.3, (summary, trivial)
