@@ -175,9 +175,16 @@ def test_predict_unreadable_image_is_a_clear_error(env, trained, tmp_path):
     assert p.returncode != 0 and "bad.png" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_non_finite_loss_stops_without_saving(env, tmp_path):
+def test_non_finite_loss_stops_without_saving(env, trained, tmp_path):
+    # Start from the trained export with NaN [SEG] projector weights: the first step's loss is
+    # NaN. (Poisoned weights rather than, say, lr=1e30: the compiled program stays the one in
+    # the compilation cache; a new constant would cost a full recompilation.)
+    params = checkpoint.restore_params(trained / "export")
+    kernel = np.asarray(params["seg_projector"]["kernel"])
+    params["seg_projector"]["kernel"] = np.full_like(kernel, np.nan)
+    checkpoint.save_params(tmp_path / "nan_init", params)
     workdir = tmp_path / "run"
-    p = _train(env, workdir, "--config.optim.lr=1e30", check=False)  # step 2 overflows
+    p = _train(env, workdir, f"--config.init.checkpoint={tmp_path / 'nan_init'}", check=False)
     assert p.returncode == 1, p.stderr[-3000:]
-    assert "non-finite loss or gradient at step 1" in p.stderr
+    assert "non-finite loss or gradient at step 0" in p.stderr
     assert not list((workdir / "checkpoints").glob("[0-9]*")) and not (workdir / "export").exists()
