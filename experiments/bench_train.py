@@ -12,7 +12,10 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
 over `--iters`), with the compiled step's memory (arguments + temporaries, from XLA's memory
-analysis), the FLOPs XLA counts and, on a GPU, the model FLOPs utilization.
+analysis), the FLOPs XLA counts and, on a GPU, the model FLOPs utilization from that count.
+Caveat: XLA's `cost_analysis` counts the body of a scanned layer stack (Phi, SigLIP, pixel
+decoder) once, not once per layer, so for those models both the FLOPs and the MFU printed here
+are far too low (lasers: 9.7 TFLOP counted, the Phi-2 forward alone is ~22; RESULTS.md).
 
 The reference is the official code's train step in PyTorch, built from transformers' modules of
 the same config (HF-initialized weights, the two sides' weights differ): SigLIP truncated to the
