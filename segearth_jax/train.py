@@ -131,11 +131,15 @@ def _overlay(params: dict, sub: dict, prefix: str, source: str, missing_ok: str)
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+def random_params(config: ml_collections.ConfigDict, model: SegEarthR2):
+    """rng -> the model's randomly initialized params (to jit, or to `jax.eval_shape`)."""
+    batch = {k: jnp.asarray(v) for k, v in example_batch(config, 1).items()}
+    return lambda rng: model.init(rng, *_model_args(batch))["params"]
+
+
 def init_params(config: ml_collections.ConfigDict, model: SegEarthR2, rng: jax.Array) -> dict:
     """Random init (host memory), then the converted weights named in `config.init`."""
-    batch = {k: jnp.asarray(v) for k, v in example_batch(config, 1).items()}
-    params = jax.jit(lambda r: model.init(r, *_model_args(batch)))(rng)["params"]
-    params = flax.core.unfreeze(params)
+    params = flax.core.unfreeze(jax.jit(random_params(config, model))(rng))
     init = config.init
     if init.get("checkpoint"):
         params = _overlay({"root": params}, checkpoint.restore_params(init.checkpoint), "root",
@@ -213,8 +217,7 @@ class Trainer:
         for compiling or costing the full-size step on any machine."""
 
         def fresh(rng):
-            batch = {k: jnp.asarray(v) for k, v in example_batch(self.config, 1).items()}
-            params = self.model.init(rng, *_model_args(batch))["params"]
+            params = random_params(self.config, self.model)(rng)
             return self._split_state(flax.core.unfreeze(params), rng)
 
         state, frozen = jax.eval_shape(fresh, jax.random.key(0))
