@@ -5,6 +5,7 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
     python experiments/bench_train.py --preset medium    # CPU, a wider/deeper LLM and 256 px
     python experiments/bench_train.py --preset lasers    # GPU: the paper's config, batch 4, bf16
     python experiments/bench_train.py --no-torch         # ours only
+    python experiments/bench_train.py --spatial paper    # one variant of the spatial loss only
     python experiments/bench_train.py --preset lasers --compile-only  # any machine: compile
         # the full-size step from abstract shapes (Trainer.abstract_init), print XLA's FLOPs and
         # memory analysis for this backend; nothing is allocated or run
@@ -12,10 +13,14 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
 over `--iters`), with the compiled step's memory (arguments + temporaries, from XLA's memory
-analysis), the FLOPs XLA counts and, on a GPU, the model FLOPs utilization from that count.
-Caveat: XLA's `cost_analysis` counts the body of a scanned layer stack (Phi, SigLIP, pixel
-decoder) once, not once per layer, so for those models both the FLOPs and the MFU printed here
-are far too low (lasers: 9.7 TFLOP counted, the Phi-2 forward alone is ~22; RESULTS.md).
+analysis) and its FLOPs. The FLOPs are counted from the step's jaxpr (`segearth_jax.flops`:
+matmuls and convolutions, a scanned layer stack once per layer): the model FLOPs are those of the
+step traced without remat (what autodiff keeps: no backward through the frozen towers, activation
+but no weight gradients through frozen Phi), the MFU on a GPU is model FLOPs / step time / the
+chip's bf16 dense peak, and the HFU counts the remat's recomputed forward too. Attention is
+counted through XLA's path (the full score matrix also when causal), whichever kernel runs.
+XLA's own `cost_analysis` count is printed beside it but is not used: it counts the body of a
+scanned stack once (lasers: 9.7 TFLOP against 57.9 counted here; RESULTS.md).
 
 The reference is the official code's train step in PyTorch, built from transformers' modules of
 the same config (HF-initialized weights, the two sides' weights differ): SigLIP truncated to the
@@ -43,6 +48,7 @@ Prints median ms per step and the ratio PyTorch / ours (> 1: we are faster).
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import dataclasses
 import gc
@@ -62,6 +68,7 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 from configs import common, tiny  # noqa: E402
 from experiments.bench_infer import hf_mask2former  # noqa: E402
 from experiments.timing import timeit  # noqa: E402
+from segearth_jax.flops import count_flops  # noqa: E402
 from segearth_jax.models.lora import LoRAConfig  # noqa: E402
 from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
 from segearth_jax.train import Trainer, example_batch, random_batch  # noqa: E402
@@ -99,15 +106,42 @@ def preset(name: str, spatial: str):
 # Ours.
 
 
+def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
+            example_batch(config, config.data.batch_size).items()}
+
+
+def step_flops(config) -> dict[str, float]:
+    """The step's model FLOPs (traced without remat) and hardware FLOPs (with the config's remat),
+    counted from its jaxpr with XLA attention (cuDNN's kernel is opaque to the count)."""
+    out = {}
+    for key, remat in (("model_flops", False), ("hw_flops", True)):
+        c = copy.deepcopy(config)
+        c.model.mllm.attention_impl = "xla"
+        c.model.seg_head.attention_impl = "xla"
+        if not remat:
+            c.model.mllm.remat_policy = "none"
+        trainer = Trainer(c)
+        state, frozen = trainer.abstract_init()  # before step_fn: it sets the shardings
+        count = count_flops(trainer.step_fn, state, frozen, abstract_batch(c))
+        if count.while_loops:
+            raise RuntimeError(f"{count.while_loops} while loop(s) in the step: FLOPs unknown")
+        out[key] = count.total
+    return out
+
+
+def xla_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
 def bench(config, iters: int) -> dict:
     trainer = Trainer(config)
     state, frozen = trainer.init(0)
     batch = trainer.global_batch(random_batch(config))
     compiled = trainer.step_fn.lower(state, frozen, batch).compile()
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     box = {"state": state}
 
     def step():
@@ -116,13 +150,15 @@ def bench(config, iters: int) -> dict:
 
     t = timeit(step, iters, warmup=1)
     n_train = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    out = dict(step_s=t, flops=flops, loss=float(box["metrics"]["loss"]), trainable=n_train,
+    out = dict(step_s=t, xla_flops=xla_flops(compiled), **step_flops(config),
+               loss=float(box["metrics"]["loss"]), trainable=n_train,
                args_gib=getattr(mem, "argument_size_in_bytes", 0) / GIB if mem else float("nan"),
                temp_gib=getattr(mem, "temp_size_in_bytes", 0) / GIB if mem else float("nan"))
     kind = jax.devices()[0].device_kind
     peak = next((v for k, v in PEAK.items() if k in kind), None)
     if peak and jax.default_backend() == "gpu":
-        out["mfu"] = flops / t / (peak * jax.device_count())
+        out["mfu"] = out["model_flops"] / t / (peak * jax.device_count())
+        out["hfu"] = out["hw_flops"] / t / (peak * jax.device_count())
     return out
 
 
@@ -132,19 +168,16 @@ def compile_only(config) -> dict:
 
     trainer = Trainer(config)
     state, frozen = trainer.abstract_init()
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
-             example_batch(config, config.data.batch_size).items()}
+    batch = abstract_batch(config)
     t0 = time.perf_counter()
     lowered = trainer.step_fn.lower(state, frozen, batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
     size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
-    return dict(lower_s=t1 - t0, compile_s=t2 - t1,
-                flops=float(cost.get("flops", 0.0)) if cost else 0.0,
+    return dict(lower_s=t1 - t0, compile_s=t2 - t1, xla_flops=xla_flops(compiled),
+                **step_flops(config),
                 state_gib=size(state) / GIB, frozen_gib=size(frozen) / GIB,
                 args_gib=getattr(mem, "argument_size_in_bytes", 0) / GIB,
                 temp_gib=getattr(mem, "temp_size_in_bytes", 0) / GIB,
@@ -396,6 +429,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "medium", "lasers"])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--spatial", default="both", choices=["both", "none", "paper"],
+                        help="the spatial loss variants to run (default: both, and their ratio)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="PyTorch intra-op threads, 0: all cores (default: the preset's)")
     parser.add_argument("--compile-only", action="store_true",
@@ -404,10 +439,12 @@ def main() -> None:
     if args.compile_only:
         print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
               f"({jax.default_backend()}); jax {jax.__version__}; preset {args.preset}")
-        for s in ("none", "paper"):
+        for s in ("none", "paper") if args.spatial == "both" else (args.spatial,):
             r = compile_only(preset(args.preset, s))
             print(f"spatial {s}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s, "
-                  f"{r['flops'] / 1e12:.2f} TFLOP per step (XLA count), trainable "
+                  f"{r['model_flops'] / 1e12:.2f} TFLOP per step (model; with remat "
+                  f"{r['hw_flops'] / 1e12:.2f}; XLA's count {r['xla_flops'] / 1e12:.2f}), "
+                  f"trainable "
                   f"{r['trainable']:,} params; state {r['state_gib']:.2f} GiB, frozen "
                   f"{r['frozen_gib']:.2f} GiB; XLA memory analysis: arguments "
                   f"{r['args_gib']:.2f} GiB, temporaries {r['temp_gib']:.2f} GiB", flush=True)
@@ -437,7 +474,8 @@ def main() -> None:
               f"{torch.get_num_threads()} intra-op thread(s); memory = {mem}")
 
     # The references first: nothing of ours is allocated yet when their memory is measured.
-    configs = {s: preset(args.preset, s) for s in ("none", "paper")}
+    variants = ("none", "paper") if args.spatial == "both" else (args.spatial,)
+    configs = {s: preset(args.preset, s) for s in variants}
     res = {s: {"torch": None if args.no_torch else bench_torch(c, args.iters, device)}
            for s, c in configs.items()}
     gc.collect()
@@ -447,19 +485,23 @@ def main() -> None:
         res[s]["jax"] = bench(c, args.iters)
 
     print(f"{'spatial':<8}{'ours ms':>10}{'torch ms':>10}{'torch/ours':>12}{'TFLOP':>9}"
+          f"{'XLA TF':>8}"
           f"{'args GiB':>10}{'temp GiB':>10}{'torch GiB':>11}")
     for s, r in res.items():
         j, t = r["jax"], r["torch"]
         tcols = (f"{1e3 * t['step_s']:10.1f}{t['step_s'] / j['step_s']:11.2f}x" if t
                  else f"{'-':>10}{'-':>12}")
-        mfu = f"  MFU {100 * j['mfu']:.1f}%" if "mfu" in j else ""
-        print(f"{s:<8}{1e3 * j['step_s']:10.1f}{tcols}{j['flops'] / 1e12:9.3f}"
+        mfu = (f"  MFU {100 * j['mfu']:.1f}% (HFU {100 * j['hfu']:.1f}%)" if "mfu" in j
+               else "")
+        print(f"{s:<8}{1e3 * j['step_s']:10.1f}{tcols}{j['model_flops'] / 1e12:9.3f}"
+              f"{j['xla_flops'] / 1e12:8.3f}"
               f"{j['args_gib']:10.2f}{j['temp_gib']:10.2f}"
               + (f"{t['peak_gib']:11.2f}" if t else f"{'-':>11}") + mfu)
-    cost = lambda k: res["paper"][k]["step_s"] / res["none"][k]["step_s"]
-    print(f"spatial loss cost (paper / none step time): ours {cost('jax'):.3f}x"
-          + ("" if args.no_torch else f", torch {cost('torch'):.3f}x"))
-    r = res["paper"]
+    if len(res) == 2:
+        cost = lambda k: res["paper"][k]["step_s"] / res["none"][k]["step_s"]
+        print(f"spatial loss cost (paper / none step time): ours {cost('jax'):.3f}x"
+              + ("" if args.no_torch else f", torch {cost('torch'):.3f}x"))
+    r = res[variants[-1]]
     print(f"trainable parameters: ours {r['jax']['trainable']:,}"
           + ("" if args.no_torch else f", torch {r['torch']['trainable']:,}"))
     print("last-step loss (sanity only: the weights differ): "

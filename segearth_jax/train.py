@@ -27,7 +27,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from clu import metric_writers, periodic_actions
 from ml_collections import config_flags
 
 from segearth_jax import checkpoint, losses, optim, sharding
@@ -345,6 +344,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     total = config.total_steps
 
     is_main = jax.process_index() == 0
+    # Imported here: clu's writers import TensorFlow, which the Trainer does not need.
+    from clu import metric_writers, periodic_actions
+
     writer = metric_writers.create_default_writer(str(workdir / "logs"), just_logging=not is_main)
     if start == 0:
         writer.write_hparams({k: v for k, v in _flat_config(config).items()})
