@@ -56,6 +56,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -111,9 +112,10 @@ def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
             example_batch(config, config.data.batch_size).items()}
 
 
-def step_flops(config) -> dict[str, float]:
+def step_flops(config) -> dict[str, Any]:
     """The step's model FLOPs (traced without remat) and hardware FLOPs (with the config's remat),
-    counted from its jaxpr with XLA attention (cuDNN's kernel is opaque to the count)."""
+    counted from its jaxpr with XLA attention (cuDNN's kernel is opaque to the count); and the
+    model FLOPs by part and phase ('flops_by_part')."""
     out = {}
     for key, remat in (("model_flops", False), ("hw_flops", True)):
         c = copy.deepcopy(config)
@@ -127,7 +129,21 @@ def step_flops(config) -> dict[str, float]:
         if count.while_loops:
             raise RuntimeError(f"{count.while_loops} while loop(s) in the step: FLOPs unknown")
         out[key] = count.total
+        if not remat:
+            out["flops_by_part"] = count.by_scope
     return out
+
+
+def print_flops_by_part(by_part: dict[tuple[str, str], float]) -> None:
+    total = sum(by_part.values())
+    unit, scale = ("TFLOP", 1e12) if total >= 1e12 else ("GFLOP", 1e9)
+    parts = sorted({p for p, _ in by_part}, key=lambda p: -sum(
+        v for (q, _), v in by_part.items() if q == p))
+    print(f"  model {unit} by part{'':<15}{'forward':>10}{'backward':>10}{'share':>8}")
+    for p in parts:
+        f, b = by_part.get((p, "forward"), 0.0), by_part.get((p, "backward"), 0.0)
+        print(f"    {p or '(outside modules)':<30}{f / scale:10.3f}{b / scale:10.3f}"
+              f"{100 * (f + b) / total:7.1f}%")
 
 
 def xla_flops(compiled) -> float:
@@ -448,6 +464,7 @@ def main() -> None:
                   f"{r['trainable']:,} params; state {r['state_gib']:.2f} GiB, frozen "
                   f"{r['frozen_gib']:.2f} GiB; XLA memory analysis: arguments "
                   f"{r['args_gib']:.2f} GiB, temporaries {r['temp_gib']:.2f} GiB", flush=True)
+            print_flops_by_part(r["flops_by_part"])
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.no_torch:  # on a GPU, leave PyTorch the memory XLA would preallocate (75%)
@@ -502,6 +519,8 @@ def main() -> None:
         print(f"spatial loss cost (paper / none step time): ours {cost('jax'):.3f}x"
               + ("" if args.no_torch else f", torch {cost('torch'):.3f}x"))
     r = res[variants[-1]]
+    print(f"spatial {variants[-1]}:")
+    print_flops_by_part(r["jax"]["flops_by_part"])
     print(f"trainable parameters: ours {r['jax']['trainable']:,}"
           + ("" if args.no_torch else f", torch {r['torch']['trainable']:,}"))
     print("last-step loss (sanity only: the weights differ): "

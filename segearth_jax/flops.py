@@ -22,7 +22,9 @@ dead-code elimination: a product nothing reads still counts (a train step reads 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,9 +36,12 @@ _CONV = "conv_general_dilated"
 
 @dataclasses.dataclass
 class FlopCount:
-    """FLOPs by primitive ('dot_general', 'conv_general_dilated') and the while loops met."""
+    """FLOPs by primitive ('dot_general', 'conv_general_dilated'); by (scope, phase): the Flax
+    module path of the product (its first `depth` names, '' outside any module) and 'forward' or
+    'backward' (a product of autodiff's transpose); and the while loops met."""
 
     by_primitive: dict[str, float] = dataclasses.field(default_factory=dict)
+    by_scope: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
     while_loops: int = 0
 
     @property
@@ -46,14 +51,35 @@ class FlopCount:
     def add(self, other: FlopCount, times: float = 1.0) -> None:
         for k, v in other.by_primitive.items():
             self.by_primitive[k] = self.by_primitive.get(k, 0.0) + times * v
+        for k, v in other.by_scope.items():
+            self.by_scope[k] = self.by_scope.get(k, 0.0) + times * v
         self.while_loops += other.while_loops
 
 
-def count_flops(fn: Callable, *args: Any, **kwargs: Any) -> FlopCount:
+def count_flops(fn: Callable, *args: Any, depth: int = 2, **kwargs: Any) -> FlopCount:
     """The matmul FLOPs of `fn(*args, **kwargs)`; args may be arrays or `jax.ShapeDtypeStruct`s
-    (nothing is computed or compiled, only traced). `fn` may be jitted."""
+    (nothing is computed or compiled, only traced). `fn` may be jitted. `depth`: how many module
+    names of a product's scope `by_scope` keeps."""
     closed = jax.make_jaxpr(fn)(*args, **kwargs)
-    return jaxpr_flops(closed.jaxpr)
+    return jaxpr_flops(closed.jaxpr, depth=depth)
+
+
+def scope_of(name_stack: str, depth: int) -> tuple[str, str]:
+    """(module path, phase) of a product from its name stack, e.g.
+    'transpose(jvp(SegEarthR2))/mllm/llm/model/layers/mlp/fc1' -> ('mllm/llm', 'backward'):
+    autodiff's wrappers, the root module's class name and method scopes ('Cls.method') are
+    dropped; the path ends at a transformation scope ('vmap(...)', an einsum's spec)."""
+    phase = "backward" if "transpose(" in name_stack else "forward"
+    names = []
+    for part in name_stack.split("/"):
+        while part.startswith(("jvp(", "transpose(")) and part.endswith(")"):
+            part = part[part.index("(") + 1:-1]
+        if re.fullmatch(r"\w+\.\w+", part) or part[:1].isupper():
+            continue  # a method ('Module.method') or the root module's class
+        if not part.isidentifier():
+            break  # an einsum or vmap scope: the module above is the scope
+        names.append(part)
+    return "/".join(names[:depth]), phase
 
 
 def _prod(xs) -> int:
@@ -89,24 +115,30 @@ def _sub_jaxprs(value: Any):
             yield from _sub_jaxprs(v)
 
 
-def jaxpr_flops(jaxpr: core.Jaxpr) -> FlopCount:
-    """The count of one (open) jaxpr; see the module docstring for the rules."""
+def jaxpr_flops(jaxpr: core.Jaxpr, depth: int = 2, prefix: str = "") -> FlopCount:
+    """The count of one (open) jaxpr; see the module docstring for the rules. `prefix`: the
+    name stack of the equation that holds this jaxpr (an inner jaxpr's stacks are relative)."""
     count = FlopCount()
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
+        stack = "/".join(p for p in (prefix, str(eqn.source_info.name_stack)) if p)
+        sub = functools.partial(jaxpr_flops, depth=depth, prefix=stack)
         if name in ("dot_general", _CONV):
-            count.by_primitive[name] = count.by_primitive.get(name, 0.0) + _eqn_flops(eqn)
+            flops = _eqn_flops(eqn)
+            count.by_primitive[name] = count.by_primitive.get(name, 0.0) + flops
+            key = scope_of(stack, depth)
+            count.by_scope[key] = count.by_scope.get(key, 0.0) + flops
         elif name == "scan":
-            count.add(jaxpr_flops(eqn.params["jaxpr"].jaxpr), times=eqn.params["length"])
+            count.add(sub(eqn.params["jaxpr"].jaxpr), times=eqn.params["length"])
         elif name == "cond":
-            branches = [jaxpr_flops(b.jaxpr) for b in eqn.params["branches"]]
+            branches = [sub(b.jaxpr) for b in eqn.params["branches"]]
             count.add(max(branches, key=lambda c: c.total))
         elif name == "while":
-            count.add(jaxpr_flops(eqn.params["body_jaxpr"].jaxpr))
-            count.add(jaxpr_flops(eqn.params["cond_jaxpr"].jaxpr))
+            count.add(sub(eqn.params["body_jaxpr"].jaxpr))
+            count.add(sub(eqn.params["cond_jaxpr"].jaxpr))
             count.while_loops += 1
         else:  # pjit, remat, custom_jvp_call, custom_vjp_call, shard_map, closed_call, ...
             for value in eqn.params.values():
-                for sub in _sub_jaxprs(value):
-                    count.add(jaxpr_flops(sub))
+                for jx in _sub_jaxprs(value):
+                    count.add(sub(jx))
     return count

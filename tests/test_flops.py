@@ -4,6 +4,7 @@ Counts are exact integers (2 FLOPs per multiply-add of every matmul and convolut
 comparison is equality.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +98,27 @@ def test_cond_takes_the_costliest_branch_while_counts_its_body_once():
     assert (got.total, got.while_loops) == (2 * B * D_IN * D_IN, 1)
 
 
+def test_flops_by_module_and_phase():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(H, use_bias=False, name="encoder")(x)
+            return nn.Dense(D_OUT, use_bias=False, name="head")(jnp.tanh(h))
+
+    net = Net()
+    params = jax.eval_shape(net.init, jax.random.key(0), _s(B, D_IN))["params"]
+
+    def loss(head, encoder, x):  # the head trained, the encoder frozen
+        return net.apply({"params": {"head": head, "encoder": encoder}}, x).sum()
+
+    got = count_flops(jax.value_and_grad(loss), params["head"], params["encoder"], _s(B, D_IN),
+                      depth=1)
+    # Backward: the head's weight gradient only (no gradient flows on into the encoder).
+    assert got.by_scope == {("encoder", "forward"): 2 * B * D_IN * H,
+                            ("head", "forward"): 2 * B * H * D_OUT,
+                            ("head", "backward"): 2 * B * H * D_OUT}
+
+
 def test_phi_forward_matches_the_closed_form():
     """Our Phi (tiny, XLA attention) against the textbook count: per token and layer the q, k,
     v, dense, fc1, fc2 matmuls, QK^T and AV over all T keys (causal masking does not skip the
@@ -108,7 +130,10 @@ def test_phi_forward_matches_the_closed_form():
     model = PhiForCausalLM(cfg)
     ids = np.zeros((b, t), np.int32)
     params = jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
-    got = count_flops(lambda p, x: model.apply({"params": p}, x), params, _s(b, t, dtype=jnp.int32))
+    got = count_flops(lambda p, x: model.apply({"params": p}, x), params,
+                      _s(b, t, dtype=jnp.int32), depth=1)
     per_token = n_layers * (4 * e * e + 2 * e * inter + 2 * t * e) + e * vocab
     assert got.total == 2 * b * t * per_token
+    assert got.by_scope == {("model", "forward"): 2 * b * t * (per_token - e * vocab),
+                            ("lm_head", "forward"): 2 * b * t * e * vocab}
     assert got.while_loops == 0
