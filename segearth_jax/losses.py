@@ -53,8 +53,10 @@ def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
     logits: [B, T, V] (any float dtype; computed in float32); labels: [B, T] int, -100 = ignored.
     Returns (mean over the non-ignored targets, 0 when there is none; their count, int32).
     """
-    logits = logits[:, :-1].astype(jnp.float32)  # [B, T-1, V]
-    targets = labels[:, 1:]  # [B, T-1]
+    # The labels shift, not the logits: slicing [B, T, V] would copy it, and its transpose (a
+    # pad) would copy the gradient again. The last position predicts nothing (ignored).
+    logits = logits.astype(jnp.float32)  # [B, T, V]
+    targets = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)  # [B, T]
     keep = targets != IGNORE_INDEX
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(keep, targets, 0)[..., None], axis=-1)[..., 0]
