@@ -1,6 +1,7 @@
 """The paper's training setup at full size, shapes only (`jax.eval_shape`, nothing allocated):
 configs/lasers.py (Mipha-3B with LoRA r8 on q/v, Swin-B + Mask2Former at 1024 px, batch 4,
-1024 tokens, bf16) through `Trainer.abstract_init` and the jitted train step."""
+1024 tokens, bf16) through `Trainer.abstract_init` and the jitted train step, and the FLOPs of
+that step, counted from its jaxpr."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import lasers
+from segearth_jax.flops import count_flops
+from segearth_jax.models.segearth_r2 import SegEarthR2Config
 from segearth_jax.train import Trainer, example_batch
 
 
@@ -57,3 +60,42 @@ def test_lasers_step_shapes_and_trainable_split():
         assert (a.shape, a.dtype) == (c.shape, c.dtype)
     for key in ("loss", "text_loss", "bce_loss", "dice_loss", "spatial_loss", "grad_norm"):
         assert metrics[key].shape == () and metrics[key].dtype == jnp.float32, key
+
+
+def test_lasers_step_flops_match_the_closed_form():
+    """The full-size step's model FLOPs (`segearth_jax.flops`, traced without remat, XLA
+    attention): Phi-2's forward and backward equal the textbook count exactly, and the frozen
+    towers get no backward at all (no gradient is computed through SigLIP, its projector or
+    Swin-B)."""
+    config = lasers.get_config()
+    config.model.mllm.update(dict(attention_impl="xla", remat_policy="none"))
+    config.model.seg_head.attention_impl = "xla"
+    trainer = Trainer(config)
+    state, frozen = trainer.abstract_init()
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+             for k, v in example_batch(config, config.data.batch_size).items()}
+    count = count_flops(trainer.step_fn, state, frozen, batch)
+    got = count.by_scope
+
+    for part in ("mllm/vision_tower", "mllm/mm_projector", "seg_head/backbone"):
+        assert got[(part, "forward")] > 0 and (part, "backward") not in got, part
+    for part in ("mllm/llm", "seg_projector", "seg_head/pixel_decoder", "seg_head/predictor"):
+        assert got[(part, "backward")] > 0, part
+
+    llm = SegEarthR2Config.from_config(config.model).mllm.llm
+    b, t, n_seg = config.data.batch_size, config.data.max_len, config.data.max_seg
+    e, inter, vocab, n_layers, r = (llm.hidden_size, llm.intermediate_size, llm.vocab_size,
+                                    llm.num_layers, llm.lora.rank)
+    assert (b, t, e, n_layers, r) == (4, 1024, 2560, 32, 8)
+    tokens = b * t
+    weights = 2 * tokens * n_layers * (4 * e * e + 2 * e * inter)  # q, k, v, dense, fc1, fc2
+    lm_head = 2 * tokens * e * vocab
+    attention = 2 * 2 * b * n_layers * t * t * e  # QK^T and AV, all heads, full T x T
+    lora = 2 * tokens * n_layers * 2 * (e * r + r * e)  # q_proj and v_proj: x A, then (x A) B
+    probe = 2 * b * n_layers * n_seg * t * e  # the [SEG] rows' QK^T for the spatial loss
+    assert got[("mllm/llm", "forward")] == weights + lm_head + attention + lora + probe
+    # Backward: the activation gradient through every frozen matmul, no weight gradient but the
+    # lm_head's; LoRA's, attention's and the probe's two products per forward product.
+    assert got[("mllm/llm", "backward")] == (weights + 2 * lm_head + 2 * attention + 2 * lora
+                                             + 2 * probe)
+    assert 0.8 < (got[("mllm/llm", "forward")] + got[("mllm/llm", "backward")]) / count.total
