@@ -72,7 +72,7 @@ from experiments.timing import timeit  # noqa: E402
 from segearth_jax.flops import count_flops  # noqa: E402
 from segearth_jax.models.lora import LoRAConfig  # noqa: E402
 from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
-from segearth_jax.train import Trainer, example_batch, random_batch  # noqa: E402
+from segearth_jax.train import Trainer, abstract_batch, random_batch  # noqa: E402
 
 # bf16 dense peak FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -105,11 +105,6 @@ def preset(name: str, spatial: str):
 
 # ---------------------------------------------------------------------------------------------
 # Ours.
-
-
-def abstract_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
-    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in
-            example_batch(config, config.data.batch_size).items()}
 
 
 def step_flops(config) -> dict[str, Any]:

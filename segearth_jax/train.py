@@ -67,6 +67,13 @@ def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     }
 
 
+def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global train batch's shapes and dtypes (`data.batch_size` rows), to trace or compile
+    the step without data."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+            for k, v in example_batch(config, config.data.batch_size).items()}
+
+
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
     """A deterministic random global train batch with the pipeline's shapes: image span, a
     labelled answer span, one or two `[SEG]`s with rectangle masks (tests, benchmarks)."""

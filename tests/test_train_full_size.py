@@ -14,7 +14,7 @@ import numpy as np
 from configs import lasers
 from segearth_jax.flops import count_flops
 from segearth_jax.models.segearth_r2 import SegEarthR2Config
-from segearth_jax.train import Trainer, example_batch
+from segearth_jax.train import Trainer, abstract_batch
 
 
 def _flat(tree) -> dict[str, jax.ShapeDtypeStruct]:
@@ -48,9 +48,7 @@ def test_lasers_step_shapes_and_trainable_split():
     opt = [x for x in jax.tree_util.tree_leaves(state.opt_state) if x.ndim]
     assert sum(x.size for x in opt) == 2 * sum(x.size for x in params.values())
 
-    b = config.data.batch_size
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-             for k, v in example_batch(config, b).items()}
+    batch = abstract_batch(config)
     assert batch["pixels"].shape == (4, 1024, 1024, 3)
     assert batch["siglip_pixels"].shape == (4, 384, 384, 3) and batch["input_ids"].shape[1] == 1024
     new, metrics = jax.eval_shape(trainer.step_fn, state, frozen, batch)
@@ -72,9 +70,7 @@ def test_lasers_step_flops_match_the_closed_form():
     config.model.seg_head.attention_impl = "xla"
     trainer = Trainer(config)
     state, frozen = trainer.abstract_init()
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-             for k, v in example_batch(config, config.data.batch_size).items()}
-    count = count_flops(trainer.step_fn, state, frozen, batch)
+    count = count_flops(trainer.step_fn, state, frozen, abstract_batch(config))
     got = count.by_scope
 
     for part in ("mllm/vision_tower", "mllm/mm_projector", "seg_head/backbone"):
