@@ -8,7 +8,7 @@ The jitted step (`Trainer.step_fn`, random batch, as bench_train.py) runs `--war
 `--steps` times under `jax.profiler.trace`. Every traced event whose name is an instruction of the
 compiled module is one op's execution (loops and calls, which contain other traced ops, are left
 out); its `op_name` metadata (the JAX name stack) gives the part (`segearth_jax.flops.scope_of`:
-the first two Flax module names, e.g. `mllm/llm`, `seg_head/pixel_decoder`) and the phase
+the first `--depth` (2) Flax module names, e.g. `mllm/llm`, `seg_head/pixel_decoder`) and the phase
 (autodiff's transpose = backward). Ops outside any module (the losses, the optimizer, fused ops
 XLA gave no metadata) are grouped by their primitive and the innermost jitted helper they are
 in (`_uniform`: jax.random's draws). Times are per step, summed over the threads
@@ -70,10 +70,11 @@ def op_times(trace_dir: str, names: dict) -> collections.Counter:
     return total
 
 
-def part_of(op_name: str, opcode: str) -> tuple[str, str]:
-    """(part, phase) of an op from its metadata; outside any module: its last primitive."""
+def part_of(op_name: str, opcode: str, depth: int = 2) -> tuple[str, str]:
+    """(part, phase) of an op from its metadata (`depth` module names); outside any module: its
+    last primitive."""
     stack = re.sub(r"^jit\([^)]*\)/", "", op_name)
-    part, phase = scope_of(stack, 2)
+    part, phase = scope_of(stack, depth)
     if not part:  # named by the innermost jitted helper (e.g. `_uniform`) and the primitive
         helper = re.findall(r"jit\((\w+)\)", stack)
         primitive = stack.rsplit("/", 1)[-1] if stack else f"({opcode}, no metadata)"
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=25, help="how many single ops to list")
+    parser.add_argument("--depth", type=int, default=2, help="module names per part")
     args = parser.parse_args()
 
     config = preset(args.preset, args.spatial)
@@ -114,7 +116,7 @@ def main() -> None:
     total = sum(per_step.values())
     by_part = collections.Counter()
     for n, t in per_step.items():
-        by_part[part_of(names[n][1], names[n][0])] += t
+        by_part[part_of(names[n][1], names[n][0], args.depth)] += t
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); preset "
           f"{args.preset}, spatial {args.spatial}; {args.steps} profiled steps: "
           f"{1e3 * wall:.1f} ms per step (wall, under the profiler); op time "

@@ -64,18 +64,23 @@ def count_flops(fn: Callable, *args: Any, depth: int = 2, **kwargs: Any) -> Flop
     return jaxpr_flops(closed.jaxpr, depth=depth)
 
 
+# Scopes that lowering adds around a loop's body in HLO metadata (not module names).
+_LOOP_SCOPES = frozenset({"while", "body", "cond", "closed_call", "checkpoint", "remat"})
+
+
 def scope_of(name_stack: str, depth: int) -> tuple[str, str]:
     """(module path, phase) of a product from its name stack, e.g.
     'transpose(jvp(SegEarthR2))/mllm/llm/model/layers/mlp/fc1' -> ('mllm/llm', 'backward'):
-    autodiff's wrappers, the root module's class name and method scopes ('Cls.method') are
-    dropped; the path ends at a transformation scope ('vmap(...)', an einsum's spec)."""
+    autodiff's wrappers, the root module's class name, method scopes ('Cls.method') and the
+    scopes HLO metadata puts around loop bodies ('while/body/closed_call') are dropped; the path
+    ends at a transformation scope ('vmap(...)', an einsum's spec)."""
     phase = "backward" if "transpose(" in name_stack else "forward"
     names = []
     for part in name_stack.split("/"):
         while part.startswith(("jvp(", "transpose(")) and part.endswith(")"):
             part = part[part.index("(") + 1:-1]
-        if re.fullmatch(r"\w+\.\w+", part) or part[:1].isupper():
-            continue  # a method ('Module.method') or the root module's class
+        if re.fullmatch(r"\w+\.\w+", part) or part[:1].isupper() or part in _LOOP_SCOPES:
+            continue  # a method ('Module.method'), the root module's class, a loop's body
         if not part.isidentifier():
             break  # an einsum or vmap scope: the module above is the scope
         names.append(part)

@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from segearth_jax.flops import count_flops
+from segearth_jax.flops import count_flops, scope_of
 from segearth_jax.models.phi import PhiConfig, PhiForCausalLM
 
 B, D_IN, H, D_OUT = 4, 8, 16, 32
@@ -137,3 +138,18 @@ def test_phi_forward_matches_the_closed_form():
     assert got.by_scope == {("model", "forward"): 2 * b * t * (per_token - e * vocab),
                             ("lm_head", "forward"): 2 * b * t * e * vocab}
     assert got.while_loops == 0
+
+
+@pytest.mark.parametrize("stack, depth, want", [
+    ("transpose(jvp(SegEarthR2))/mllm/llm/model/layers/mlp/fc1", 2, ("mllm/llm", "backward")),
+    ("jvp(SegEarthR2)/mllm/mllm.encode_images/vision_tower/layers/fc1", 2,
+     ("mllm/vision_tower", "forward")),
+    # HLO metadata of a scanned layer: the loop's scopes are not modules.
+    ("transpose(jvp(SegEarthR2))/mllm/llm/model/while/body/closed_call/layers/self_attn/vmap()/mul",
+     9, ("mllm/llm/model/layers/self_attn", "backward")),
+    ("jvp(SegEarthR2)/mllm/llm/model/layers/self_attn/bshd,blhd->bhsl", 9,
+     ("mllm/llm/model/layers/self_attn", "forward")),
+    ("jvp(jit(_uniform))/add", 2, ("", "forward")),
+])
+def test_scope_of_name_stacks(stack, depth, want):
+    assert scope_of(stack, depth) == want
