@@ -7,8 +7,9 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
     python experiments/bench_train.py --no-torch         # ours only
     python experiments/bench_train.py --spatial paper    # one variant of the spatial loss only
     python experiments/bench_train.py --preset lasers --compile-only  # any machine: compile
-        # the full-size step from abstract shapes (Trainer.abstract_init), print XLA's FLOPs and
-        # memory analysis for this backend; nothing is allocated or run
+        # the full-size step from abstract shapes (Trainer.abstract_init), print its FLOPs (by
+        # part; XLA's count beside) and XLA's memory analysis for this backend; nothing is
+        # allocated or run
 
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
