@@ -10,6 +10,20 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
         # the full-size step from abstract shapes (Trainer.abstract_init), print its FLOPs (by
         # part; XLA's count beside) and XLA's memory analysis for this backend; nothing is
         # allocated or run
+    python experiments/bench_train.py --preset lasers --compile-only --memory-report 20 \
+        --json mem.json --config.model.mllm.remat_policy=full   # the memory report, below
+
+`--config.a.b=value` overrides any field of the preset's config (typed as the field is).
+Memory report (`--compile-only`): per device, XLA's memory analysis of the compiled step
+(arguments, outputs, temporaries, aliased, generated code; `per_device_bytes` = arguments +
+outputs + temporaries - aliased), and with `--memory-report N` the N largest values live at the
+memory peak with the op and model part that make them (`experiments/hlo.py`, from the compile's
+buffer assignment and live ranges). For 8 simulated devices with fsdp:
+`XLA_FLAGS=--xla_force_host_platform_device_count=8 ... --config.mesh.fsdp=8`. On the CPU, also
+pass `--xla_disable_hlo_passes=while-loop-invariant-code-motion`: XLA:CPU converts each bf16
+scanned stack's per-layer slice to f32 and that pass hoists the convert out of the loop as a
+whole-stack f32 copy, which a GPU (native bf16) does not make (experiments/RESULTS.md).
+`--json FILE` writes the figures (`devices`, `compile_s`, `per_device_bytes`, `breakdown`, ...).
 
 Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
@@ -49,10 +63,13 @@ Prints median ms per step and the ratio PyTorch / ours (> 1: we are faster).
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import copy
 import ctypes
 import dataclasses
 import gc
+import json
 import os
 import re
 import sys
@@ -84,7 +101,38 @@ TORCH_THREADS = {"tiny": 1, "medium": 1, "lasers": 0}
 GIB = 2**30
 
 
-def preset(name: str, spatial: str):
+def apply_overrides(config, overrides: list[str]):
+    """`--config.a.b=value` arguments -> `config` with those fields set, each value parsed as
+    the type the field has (as ml_collections' `config_flags` does for the training program)."""
+    for arg in overrides:
+        m = re.fullmatch(r"--config\.([\w.]+)=(.*)", arg)
+        if not m:
+            raise SystemExit(f"unknown argument {arg!r} (config overrides: --config.a.b=value)")
+        path, text = m.groups()
+        parent, _, key = path.rpartition(".")
+        node = config
+        for part in filter(None, parent.split(".")):
+            node = node[part]
+        if key not in node:
+            raise SystemExit(f"--config.{path}: no such config field")
+        old = node[key]
+        if isinstance(old, bool):
+            if text.lower() not in ("true", "false"):
+                raise SystemExit(f"--config.{path}: expected true or false, got {text!r}")
+            value = text.lower() == "true"
+        elif isinstance(old, int | float):
+            value = type(old)(text)
+        elif isinstance(old, str) or old is None:
+            value = text
+        else:
+            value = type(old)(ast.literal_eval(text))
+        with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+            node[key] = value
+    return config
+
+
+def preset(name: str, spatial: str, overrides: list[str] = ()):
+    """The benchmark's config: `name`'s config, `spatial` loss variant, then `overrides`."""
     if name == "tiny":
         c = tiny.get_config()
     elif name == "medium":
@@ -101,7 +149,7 @@ def preset(name: str, spatial: str):
     else:
         raise SystemExit(f"unknown preset {name}")
     c.loss.spatial_variant = spatial
-    return c
+    return apply_overrides(c, list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +222,27 @@ def bench(config, iters: int) -> dict:
     return out
 
 
-def compile_only(config) -> dict:
-    """Compiles the step from abstract shapes (no weights allocated, nothing run)."""
+def memory_breakdown(compiled) -> dict[str, int]:
+    """Per-device bytes of a compiled executable (XLA's memory analysis) and their total as it
+    is held at once: arguments + outputs + temporaries - aliased (donated state shared by
+    arguments and outputs)."""
+    mem = compiled.memory_analysis()
+    get = lambda k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0) if mem else 0
+    out = {k: get(k) for k in ("argument", "output", "temp", "alias", "generated_code")}
+    breakdown = {"arguments": out["argument"], "outputs": out["output"],
+                 "temporaries": out["temp"], "aliased": out["alias"],
+                 "generated_code": out["generated_code"]}
+    total = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return {"per_device_bytes": total, "breakdown": breakdown}
+
+
+def compile_only(config, memory_report: int = 0, flops: bool = True) -> dict:
+    """Compiles the step from abstract shapes (no weights allocated, nothing run). With
+    `memory_report` > 0, also the values live at the peak (that many, largest first) from the
+    compile's buffer assignment (`experiments/hlo.py`)."""
     import time
+
+    from experiments import hlo
 
     trainer = Trainer(config)
     state, frozen = trainer.abstract_init()
@@ -184,16 +250,26 @@ def compile_only(config) -> dict:
     t0 = time.perf_counter()
     lowered = trainer.step_fn.lower(state, frozen, batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    if memory_report:
+        compiled, folder = hlo.compile_with_dump(lowered)
+    else:
+        compiled = lowered.compile()
     t2 = time.perf_counter()
-    mem = compiled.memory_analysis()
+    mem = memory_breakdown(compiled)
     size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
-    return dict(lower_s=t1 - t0, compile_s=t2 - t1, xla_flops=xla_flops(compiled),
-                **step_flops(config),
-                state_gib=size(state) / GIB, frozen_gib=size(frozen) / GIB,
-                args_gib=getattr(mem, "argument_size_in_bytes", 0) / GIB,
-                temp_gib=getattr(mem, "temp_size_in_bytes", 0) / GIB,
-                trainable=sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+    out = dict(lower_s=t1 - t0, compile_s=t2 - t1, xla_flops=xla_flops(compiled),
+               state_gib=size(state) / GIB, frozen_gib=size(frozen) / GIB,
+               args_gib=mem["breakdown"]["arguments"] / GIB,
+               temp_gib=mem["breakdown"]["temporaries"] / GIB, **mem,
+               trainable=sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
+    if flops:
+        out.update(step_flops(config))
+    if memory_report:
+        import shutil
+
+        out["peak"] = hlo.peak_buffers(folder, module="jit_step")
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,6 +512,46 @@ def cpu_memory_peak(base: int | None) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def compile_only_main(args: argparse.Namespace, overrides: list[str]) -> None:
+    from experiments import hlo
+
+    n = jax.device_count()
+    print(f"device: {jax.devices()[0].device_kind} x {n} ({jax.default_backend()}); jax "
+          f"{jax.__version__}; preset {args.preset} {' '.join(overrides)}; XLA_FLAGS="
+          f"{os.environ.get('XLA_FLAGS', '')!r}")
+    results = {}
+    for s in ("none", "paper") if args.spatial == "both" else (args.spatial,):
+        r = compile_only(preset(args.preset, s, overrides), args.memory_report,
+                         flops=not args.no_flops)
+        results[s] = r
+        b = r["breakdown"]
+        flops = ("" if args.no_flops else
+                 f"{r['model_flops'] / 1e12:.2f} TFLOP per step (model; with remat "
+                 f"{r['hw_flops'] / 1e12:.2f}; XLA's count {r['xla_flops'] / 1e12:.2f}), ")
+        print(f"spatial {s}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s, "
+              f"{flops}trainable {r['trainable']:,} params; state {r['state_gib']:.2f} GiB, "
+              f"frozen {r['frozen_gib']:.2f} GiB (global)", flush=True)
+        print(f"  per device: {r['per_device_bytes'] / GIB:.2f} GiB = arguments "
+              f"{b['arguments'] / GIB:.2f} + outputs {b['outputs'] / GIB:.2f} + temporaries "
+              f"{b['temporaries'] / GIB:.2f} - aliased {b['aliased'] / GIB:.2f} GiB "
+              f"(generated code {b['generated_code'] / GIB:.3f} GiB)", flush=True)
+        if not args.no_flops:
+            print_flops_by_part(r["flops_by_part"])
+        if args.memory_report:
+            hlo.print_peak(r["peak"], args.memory_report)
+    if args.json:
+        keep = lambda r: {k: v for k, v in r.items() if k not in ("peak", "flops_by_part")}
+        top = results.get("paper") or next(iter(results.values()))
+        doc = {"devices": n, "backend": jax.default_backend(), "preset": args.preset,
+               "overrides": overrides, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+               **keep(top), "variants": {s: keep(r) for s, r in results.items()}}
+        if args.memory_report:
+            doc["peak_buffers"] = [dataclasses.asdict(b) for b in
+                                   top["peak"].buffers[:args.memory_report]]
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="tiny", choices=["tiny", "medium", "lasers"])
@@ -447,27 +563,26 @@ def main() -> None:
                         help="PyTorch intra-op threads, 0: all cores (default: the preset's)")
     parser.add_argument("--compile-only", action="store_true",
                         help="compile ours from abstract shapes; print FLOPs and memory only")
-    args = parser.parse_args()
+    parser.add_argument("--memory-report", type=int, default=0, metavar="N",
+                        help="with --compile-only: the N largest values live at the memory peak "
+                             "(op and model part), from the compile's buffer assignment")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="with --compile-only: skip the FLOP count (two more traces)")
+    parser.add_argument("--json", default=None, metavar="FILE",
+                        help="with --compile-only: write the figures as JSON (for --spatial "
+                             "both: the paper variant's at the top, each under 'variants')")
+    args, overrides = parser.parse_known_args()
     if args.compile_only:
-        print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
-              f"({jax.default_backend()}); jax {jax.__version__}; preset {args.preset}")
-        for s in ("none", "paper") if args.spatial == "both" else (args.spatial,):
-            r = compile_only(preset(args.preset, s))
-            print(f"spatial {s}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s, "
-                  f"{r['model_flops'] / 1e12:.2f} TFLOP per step (model; with remat "
-                  f"{r['hw_flops'] / 1e12:.2f}; XLA's count {r['xla_flops'] / 1e12:.2f}), "
-                  f"trainable "
-                  f"{r['trainable']:,} params; state {r['state_gib']:.2f} GiB, frozen "
-                  f"{r['frozen_gib']:.2f} GiB; XLA memory analysis: arguments "
-                  f"{r['args_gib']:.2f} GiB, temporaries {r['temp_gib']:.2f} GiB", flush=True)
-            print_flops_by_part(r["flops_by_part"])
+        compile_only_main(args, overrides)
         return
+    if args.json or args.memory_report:
+        raise SystemExit("--json and --memory-report go with --compile-only")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.no_torch:  # on a GPU, leave PyTorch the memory XLA would preallocate (75%)
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     threads = TORCH_THREADS[args.preset] if args.torch_threads is None else args.torch_threads
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    c = preset(args.preset, "none")
+    c = preset(args.preset, "none", overrides)
     d, cfg = c.data, SegEarthR2Config.from_config(c.model)
     llm = cfg.mllm.llm
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
@@ -488,7 +603,7 @@ def main() -> None:
 
     # The references first: nothing of ours is allocated yet when their memory is measured.
     variants = ("none", "paper") if args.spatial == "both" else (args.spatial,)
-    configs = {s: preset(args.preset, s) for s in variants}
+    configs = {s: preset(args.preset, s, overrides) for s in variants}
     res = {s: {"torch": None if args.no_torch else bench_torch(c, args.iters, device)}
            for s, c in configs.items()}
     gc.collect()

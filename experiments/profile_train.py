@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import sys
 import tempfile
 import time
@@ -31,25 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from experiments.bench_train import preset  # noqa: E402
-from segearth_jax.flops import scope_of  # noqa: E402
+from experiments.hlo import instructions, part_of  # noqa: E402
 from segearth_jax.train import Trainer, random_batch  # noqa: E402
 
 # Ops whose traced time contains other traced ops.
 CONTAINERS = ("while", "call", "conditional", "async-start", "async-done")
-# One HLO instruction: `%name = <shape or (tuple shape)> opcode(`, then metadata.
-INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\([^=]*?\)|\S+) ([\w\-]+)\(")
-
-
-def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """name -> (opcode, op_name metadata) for every instruction of a compiled module's text."""
-    out = {}
-    for line in hlo_text.splitlines():
-        m = INSTRUCTION.match(line)
-        if m:
-            name, _, opcode = m.groups()
-            op_name = re.search(r'op_name="([^"]*)"', line)
-            out[name] = (opcode, op_name.group(1) if op_name else "")
-    return out
 
 
 def op_times(trace_dir: str, names: dict) -> collections.Counter:
@@ -68,18 +53,6 @@ def op_times(trace_dir: str, names: dict) -> collections.Counter:
                 if name in names and names[name][0] not in CONTAINERS:
                     total[name] += ev.duration_ps * 1e-12
     return total
-
-
-def part_of(op_name: str, opcode: str, depth: int = 2) -> tuple[str, str]:
-    """(part, phase) of an op from its metadata (`depth` module names); outside any module: its
-    last primitive."""
-    stack = re.sub(r"^jit\([^)]*\)/", "", op_name)
-    part, phase = scope_of(stack, depth)
-    if not part:  # named by the innermost jitted helper (e.g. `_uniform`) and the primitive
-        helper = re.findall(r"jit\((\w+)\)", stack)
-        primitive = stack.rsplit("/", 1)[-1] if stack else f"({opcode}, no metadata)"
-        part = f"other: {helper[-1] + ' ' if helper else ''}{primitive}"
-    return part, phase
 
 
 def main() -> None:
