@@ -26,7 +26,9 @@ def base() -> ml_collections.ConfigDict:
                   lm_head_bias=False,  # the official SegEarth-R2 lm_head has no bias
                   attention_impl="auto", remat_policy="dots_no_batch", seg_probe_heads="mean",
                   lora=dict(rank=8, alpha=16.0, dropout=0.05, targets=r".*/(q_proj|v_proj)")),
-        seg_head=dict(variant="swin-b", dtype="bfloat16", param_dtype="float32"),
+        seg_head=dict(variant="swin-b", dtype="bfloat16", param_dtype="float32",
+                      # remat: recompute each deformable encoder layer in the backward.
+                      pixel_decoder=dict(remat=False)),
     ))
     # Converted weights (convert.mipha / convert.mask2former outputs), or one full SegEarth-R2
     # checkpoint (convert.segearth_r2 output or a previous export).
@@ -47,6 +49,9 @@ def base() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, schedule="cosine", warmup_frac=0.03, weight_decay=0.0, b1=0.9, b2=0.999,
         eps=1e-8, grad_clip=1.0,  # HF Trainer's default max_grad_norm
+        # Gradient accumulation: each step's data.batch_size rows run as accum_steps
+        # micro-batches (same update, 1/accum_steps of the activation memory).
+        accum_steps=1,
     ))
     c.total_steps = 50_000
     c.log_every = 50

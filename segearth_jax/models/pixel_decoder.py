@@ -61,6 +61,9 @@ class PixelDecoderConfig:
     # The official SegEarth-R2 uses Mask2Former-Simplify's FPN: its convs have a bias and the
     # lateral `adapter_k` ends in a ReLU. False: detectron2's Mask2Former (the paper's).
     simplify_fpn: bool = False
+    # Rematerialize each deformable encoder layer in the backward pass instead of keeping its
+    # activations (at 1024 input, 6 layers keep ~21 GiB, most of it the bilinear corner values).
+    remat: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -136,7 +139,8 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """`encoder_layers` EncoderLayers, scanned: parameters stacked on axis 0 (`layers/...`)."""
+    """`encoder_layers` EncoderLayers, scanned: parameters stacked on axis 0 (`layers/...`);
+    each layer rematerialized in the backward pass when `config.remat`."""
 
     config: PixelDecoderConfig
     spatial_shapes: tuple[tuple[int, int], ...]
@@ -144,7 +148,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pos: jax.Array, reference_points: jax.Array,
                  padding_mask: jax.Array | None = None) -> jax.Array:
-        layers = nn.scan(EncoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+        layer = nn.remat(EncoderLayer, prevent_cse=False) if self.config.remat else EncoderLayer
+        layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                          length=self.config.encoder_layers)
         x, _ = layers(self.config, self.spatial_shapes, name="layers")(
