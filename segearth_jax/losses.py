@@ -47,11 +47,18 @@ def default_loss_config() -> ml_collections.ConfigDict:
 # Text.
 
 
-def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _normalizer(count: jax.Array) -> jax.Array:
+    return jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def text_loss(logits: jax.Array, labels: jax.Array, denominator: jax.Array | None = None
+              ) -> tuple[jax.Array, jax.Array]:
     """Shifted next-token cross-entropy: logits[:, t] predicts labels[:, t + 1].
 
     logits: [B, T, V] (any float dtype; computed in float32); labels: [B, T] int, -100 = ignored.
-    Returns (mean over the non-ignored targets, 0 when there is none; their count, int32).
+    Returns (mean over the non-ignored targets, 0 when there is none; their count, int32). A
+    `denominator` (e.g. the whole batch's count when this is one micro-batch) replaces the count
+    as the divisor.
     """
     # The labels shift, not the logits: slicing [B, T, V] would copy it, and its transpose (a
     # pad) would copy the gradient again. The last position predicts nothing (ignored).
@@ -62,7 +69,8 @@ def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
     picked = jnp.take_along_axis(logits, jnp.where(keep, targets, 0)[..., None], axis=-1)[..., 0]
     nll = jnp.where(keep, lse - picked, 0.0)
     n_tokens = keep.sum(dtype=jnp.int32)
-    return nll.sum() / jnp.maximum(n_tokens, 1).astype(jnp.float32), n_tokens
+    n = n_tokens if denominator is None else denominator
+    return nll.sum() / _normalizer(n), n_tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,14 +165,15 @@ def upsample_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 def mask_loss(pred: jax.Array, masks: jax.Array, valid: jax.Array, rng: jax.Array, *,
               num_points: int = 12544, oversample_ratio: float = 3.0,
-              importance_sample_ratio: float = 0.75, full_resolution: bool = False
-              ) -> tuple[jax.Array, jax.Array]:
+              importance_sample_ratio: float = 0.75, full_resolution: bool = False,
+              denominator: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Mask2Former BCE and Dice, summed over the P deep-supervision predictions.
 
     pred: [P, B, Q, h, w] mask logits (1/4 of the canvas); masks: [B, Q, H, W] 0/1 (uint8/bool)
     GT on the full canvas; valid: [B, Q] bool, a real `[SEG]` with a GT mask (padded queries
     contribute nothing). Each prediction and each mask gets its own random points. Returns
-    (bce, dice), each sum_P sum_valid(per-mask loss) / num_masks(valid), unweighted.
+    (bce, dice), each sum_P sum_valid(per-mask loss) / num_masks(valid), unweighted (or / max(
+    `denominator`, 1): the whole batch's mask count when this is one micro-batch).
     """
     p, b, q = pred.shape[:3]
     if masks.shape[:2] != (b, q) or valid.shape != (b, q):
@@ -184,7 +193,7 @@ def mask_loss(pred: jax.Array, masks: jax.Array, valid: jax.Array, rng: jax.Arra
                                importance_sample_ratio)  # [P, B, Q, K, 2]
         labels = jax.vmap(point_sample, in_axes=(None, 0))(masks, coords)  # [P, B, Q, K]
         bce, dice = point_mask_losses(point_sample(pred, coords), labels)
-    n = num_masks(valid)
+    n = num_masks(valid) if denominator is None else _normalizer(denominator)
     return jnp.where(valid, bce, 0.0).sum() / n, jnp.where(valid, dice, 0.0).sum() / n
 
 
@@ -211,30 +220,36 @@ def spatial_row_losses(attn: jax.Array, target: jax.Array, eps: float = 1e-8
 
 
 def spatial_loss_paper(attn: jax.Array, target: jax.Array, valid: jax.Array, *,
-                       divide_by_all_rows: bool = False, eps: float = 1e-8) -> jax.Array:
+                       divide_by_all_rows: bool = False, eps: float = 1e-8,
+                       denominator: jax.Array | None = None) -> jax.Array:
     """Paper L_S. attn: [B, Q, N] `[SEG]` -> image-token attention averaged over layers and
     heads; target: [B, Q, N] binary GT on the token grid (row-major); valid: [B, Q] bool.
 
     Mean of the row losses over valid rows with a non-empty target (0 if none);
-    `divide_by_all_rows=True` divides by all valid rows instead (official normalization).
+    `divide_by_all_rows=True` divides by all valid rows instead (official normalization); a
+    `denominator` (the whole batch's row count, for a micro-batch) replaces either count.
     """
     rows, nonempty = spatial_row_losses(attn, target, eps)
     used = valid & nonempty
-    denom = valid.sum() if divide_by_all_rows else used.sum()
-    return jnp.where(used, rows, 0.0).sum() / jnp.maximum(denom, 1).astype(jnp.float32)
+    if denominator is None:
+        denominator = valid.sum() if divide_by_all_rows else used.sum()
+    return jnp.where(used, rows, 0.0).sum() / _normalizer(denominator)
 
 
 def spatial_loss_official(attn_layers: jax.Array, num_heads: int, target: jax.Array,
-                          valid: jax.Array, *, eps: float = 1e-8) -> jax.Array:
+                          valid: jax.Array, *, eps: float = 1e-8,
+                          denominator: jax.Array | None = None) -> jax.Array:
     """Official-code L_S. attn_layers: [Lyr, B, Q, N] per-layer head MEAN (as sown);
     target: [B, Q, N] binary; valid: [B, Q] bool.
 
     Per layer: heads summed (= mean * num_heads), row losses of non-empty targets summed and
-    divided by the number of valid rows; the per-layer losses summed over layers.
+    divided by the number of valid rows (or `denominator`); the per-layer losses summed over
+    layers.
     """
     rows, nonempty = spatial_row_losses(attn_layers * num_heads, target[None], eps)
     used = valid[None] & nonempty  # [Lyr, B, Q]
-    per_layer = jnp.where(used, rows, 0.0).sum((1, 2)) / num_masks(valid)
+    n = num_masks(valid) if denominator is None else _normalizer(denominator)
+    per_layer = jnp.where(used, rows, 0.0).sum((1, 2)) / n
     return per_layer.sum()
 
 
@@ -242,8 +257,25 @@ def spatial_loss_official(attn_layers: jax.Array, num_heads: int, target: jax.Ar
 # Combined.
 
 
+def loss_denominators(batch: dict[str, jax.Array], config: Any) -> dict[str, jax.Array]:
+    """The counts each loss term divides by, from the batch alone (int32 scalars): answer tokens
+    (`text`), valid masks (`masks`), and the `[SEG]` rows the spatial loss averages (`spatial`).
+    Computed once on a whole batch and passed to `segearth_loss` for each of its micro-batches,
+    the micro-batch losses sum to the whole batch's loss (gradient accumulation)."""
+    labels = batch["labels"]
+    valid = batch["seg_valid"].astype(bool)
+    grid = batch["masks_grid"]
+    nonempty = (grid.reshape(*grid.shape[:2], -1) != 0).any(-1)
+    official = config.spatial_variant == "official"
+    all_rows = official or getattr(config, "spatial_divide_by_all_rows", False)
+    return {"text": (labels[:, 1:] != IGNORE_INDEX).sum(dtype=jnp.int32),
+            "masks": valid.sum(dtype=jnp.int32),
+            "spatial": (valid if all_rows else valid & nonempty).sum(dtype=jnp.int32)}
+
+
 def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rng: jax.Array,
-                  config: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  config: Any, denominators: dict[str, jax.Array] | None = None
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total SegEarth-R2 loss and its unweighted parts.
 
     outputs: `logits` [B, T, V], `mask_logits` [P, B, Q, h, w], `seg_attention` [Lyr, B, Q, N]
@@ -251,6 +283,8 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
     batch: `labels` [B, T], `masks` [B, Q, H, W] uint8, `masks_grid` [B, Q, g, g] (nonzero =
       foreground, N = g * g), `seg_valid` [B, Q] bool.
     config: attributes of `default_loss_config()`.
+    denominators: `loss_denominators` of the whole batch when `batch` is one of its
+      micro-batches (None: this batch's own counts).
     Returns (loss, metrics): loss = text + bce_weight * bce + dice_weight * dice +
     spatial_weight * spatial; metrics hold every part unweighted, `loss`, `n_masks`, `n_tokens`.
     """
@@ -259,11 +293,12 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
         raise ValueError(f"loss config: spatial_variant={variant!r}, expected one of "
                          f"{SPATIAL_VARIANTS}")
     valid = batch["seg_valid"].astype(bool)
-    text, n_tokens = text_loss(outputs["logits"], batch["labels"])
+    den = denominators or {}
+    text, n_tokens = text_loss(outputs["logits"], batch["labels"], den.get("text"))
     bce, dice = mask_loss(outputs["mask_logits"], batch["masks"], valid, rng,
                           num_points=config.num_points, oversample_ratio=config.oversample_ratio,
                           importance_sample_ratio=config.importance_sample_ratio,
-                          full_resolution=config.full_resolution)
+                          full_resolution=config.full_resolution, denominator=den.get("masks"))
 
     spatial = jnp.zeros((), jnp.float32)
     if variant != "none":
@@ -281,9 +316,11 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
         if variant == "paper":
             spatial = spatial_loss_paper(
                 attn.mean(axis=0), target, valid, eps=eps,
-                divide_by_all_rows=getattr(config, "spatial_divide_by_all_rows", False))
+                divide_by_all_rows=getattr(config, "spatial_divide_by_all_rows", False),
+                denominator=den.get("spatial"))
         else:
-            spatial = spatial_loss_official(attn, num_heads, target, valid, eps=eps)
+            spatial = spatial_loss_official(attn, num_heads, target, valid, eps=eps,
+                                            denominator=den.get("spatial"))
 
     loss = (text + config.bce_weight * bce + config.dice_weight * dice
             + config.spatial_weight * spatial)

@@ -159,22 +159,77 @@ def init_params(config: ml_collections.ConfigDict, model: SegEarthR2, rng: jax.A
     return params
 
 
-def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
-                    tx: optax.GradientTransformation):
-    """(state, frozen, batch) -> (state, metrics); pure, to be jitted with shardings."""
+def accum_steps(config: ml_collections.ConfigDict) -> int:
+    """Micro-batches per step (`optim.accum_steps`, default 1)."""
+    k = int(config.optim.get("accum_steps", 1) or 1)
+    if k < 1 or config.data.batch_size % k:
+        raise ValueError(f"optim.accum_steps={k} must be >= 1 and divide data.batch_size="
+                         f"{config.data.batch_size}")
+    return k
 
-    def loss_fn(trainable, frozen, batch, rng):
+
+def micro_batches(batch: dict[str, jax.Array], k: int, mesh: Any = None
+                  ) -> dict[str, jax.Array]:
+    """[B, ...] -> [k, B/k, ...]: micro-batch i holds rows i, i + k, i + 2k, ... so that, with
+    the batch split in contiguous blocks over the devices, every micro-batch spreads over all of
+    them (no data moves when B is a multiple of k x devices)."""
+
+    def split(x):
+        x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            spec = jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)
+            x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+        return x
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
+                    tx: optax.GradientTransformation, mesh: Any = None):
+    """(state, frozen, batch) -> (state, metrics); pure, to be jitted with shardings.
+
+    With `optim.accum_steps` = k > 1 the batch is split into k micro-batches (`micro_batches`)
+    whose gradients are summed in a `lax.scan` before one optimizer update. Every loss term
+    divides by the whole batch's count (`losses.loss_denominators`), so the summed micro-batch
+    losses and gradients are the whole batch's: the same update, with the activations of B/k
+    rows alive at a time. (Dropout masks and the mask loss's random points are drawn per
+    micro-batch, so they differ from the one-batch draws; the update is the same in
+    distribution, and exactly the same without them.)"""
+    k = accum_steps(config)
+
+    def loss_fn(trainable, frozen, batch, rng, denominators):
         params = optim.merge_params(trainable, frozen)
         drop_rng, loss_rng = jax.random.split(rng)
         out, inter = model.apply({"params": params}, *_model_args(batch), deterministic=False,
                                  rngs={"dropout": drop_rng}, mutable=["intermediates"])
         outputs = {**out, "seg_attention": seg_attention(inter["intermediates"])}
-        return losses.segearth_loss(outputs, batch, loss_rng, config.loss)
+        return losses.segearth_loss(outputs, batch, loss_rng, config.loss, denominators)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def loss_and_grads(params, frozen, batch, rng):
+        denominators = losses.loss_denominators(batch, config.loss)
+        if k == 1:
+            (_, metrics), grads = grad_fn(params, frozen, batch, rng, denominators)
+            return metrics, grads
+
+        def micro_step(acc, xs):
+            micro, i = xs
+            (_, m), g = grad_fn(params, frozen, micro, jax.random.fold_in(rng, i), denominators)
+            return jax.tree.map(jnp.add, acc, (m, g)), None
+
+        shapes = jax.eval_shape(lambda: grad_fn(
+            params, frozen, jax.tree.map(lambda x: x[0], micro_batches(batch, k)), rng,
+            denominators))
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (shapes[0][1], shapes[1]))
+        (metrics, grads), _ = jax.lax.scan(micro_step, zeros,
+                                           (micro_batches(batch, k, mesh), jnp.arange(k)))
+        return metrics, grads
 
     def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, frozen, batch, rng)
+        metrics, grads = loss_and_grads(state.params, frozen, batch, rng)
+        loss = metrics["loss"]
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         gnorm = optax.tree.norm(grads)
@@ -202,9 +257,10 @@ class Trainer:
         self.tx = optim.make_optimizer(config)
         self.batch_size = config.data.batch_size
         n = self.mesh.size
-        if self.batch_size % n:
+        self.accum_steps = accum_steps(config)
+        if self.batch_size % (n * self.accum_steps):
             raise ValueError(f"global batch {self.batch_size} must be a multiple of the "
-                             f"{n} devices of the mesh")
+                             f"{n} devices of the mesh x optim.accum_steps={self.accum_steps}")
 
     def init(self, rng_seed: int) -> tuple[TrainState, Any]:
         """Fresh state: (TrainState sharded, frozen params sharded)."""
@@ -252,7 +308,7 @@ class Trainer:
     def step_fn(self):
         batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim)
                     for k, v in example_batch(self.config, 1).items()}
-        return jax.jit(make_train_step(self.model, self.config, self.tx),
+        return jax.jit(make_train_step(self.model, self.config, self.tx, self.mesh),
                        in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh),
                        out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                        donate_argnums=0)
@@ -343,6 +399,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     data_iter = iter(loader)
 
     state, frozen = trainer.init(config.seed)
+    if jax.process_index() == 0:
+        k = trainer.accum_steps
+        print(f"global batch {trainer.batch_size} per step over {trainer.mesh.size} device(s)"
+              + (f" ({k} accumulated micro-batches of {trainer.batch_size // k})" if k > 1
+                 else ""), flush=True)
     mngr = checkpoint_manager(workdir, config)
     if mngr.latest_step() is not None:
         state = restore(mngr, state, data_iter)

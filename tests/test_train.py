@@ -91,3 +91,13 @@ def test_two_processes_match_one(single, tmp_path):
                     "--process-id", str(i), "--port", port) for i in range(2)]
     _wait(procs)
     _compare(single, dict(np.load(out)))
+
+
+def test_accum_micro_batches_give_the_one_batch_update(tmp_path):
+    """optim.accum_steps=4: four micro-batches of 2 rows, one update == one batch of 8 (the
+    same losses and parameters to rounding; no dropout or random points, whose draws differ)."""
+    one, accum = tmp_path / "one.npz", tmp_path / "accum.npz"
+    _wait([_probe(one, "--deterministic"), _probe(accum, "--deterministic", "--accum", "4")])
+    a, b = dict(np.load(one)), dict(np.load(accum))
+    assert len(a["losses"]) == 2 and a["losses"][0] != a["losses"][1]  # the update moved it
+    _compare(a, b)

@@ -2,7 +2,11 @@
 tests/test_train.py, so that device counts and jax.distributed can differ per run).
 
 python -m tests.train_probe --out F.npz [--mesh 4,2] [--devices N] [--process-id i
-  --num-processes n --port P] [--trainable paper|all] [--steps 2]
+  --num-processes n --port P] [--trainable paper|all] [--steps 2] [--accum K]
+  [--deterministic]
+
+--deterministic: no dropout and the full-resolution mask loss (no random points), so that runs
+that draw their random numbers differently (accumulated micro-batches) are comparable.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--trainable", default="all")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--accum", type=int, default=1)
+    p.add_argument("--deterministic", action="store_true")
     a = p.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
 
@@ -39,6 +45,10 @@ def main() -> None:
     config.total_steps = 10
     data, fsdp = (int(x) for x in a.mesh.split(","))
     config.mesh.data, config.mesh.fsdp = data, fsdp
+    config.optim.accum_steps = a.accum
+    if a.deterministic:
+        config.model.mllm.lora.dropout = 0.0
+        config.loss.full_resolution = True
     if a.trainable == "paper":
         config.trainable = common.TRAINABLE
     if a.num_processes:
