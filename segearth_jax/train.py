@@ -30,6 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from segearth_jax import checkpoint, losses, optim, sharding
+from segearth_jax import init as init_lib
 from segearth_jax.input import sources
 from segearth_jax.models.lora import merge_lora
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config, seg_attention
@@ -112,51 +113,10 @@ def _model_args(batch: dict[str, Any]) -> tuple:
             batch["seg_positions"] >= 0)
 
 
-def _overlay(params: dict, sub: dict, prefix: str, source: str, missing_ok: str) -> dict:
-    """Replaces `params[prefix...]` leaves by the converted tree `sub`, strictly: every leaf of
-    `sub` must exist with the same shape; leaves it lacks must match `missing_ok`."""
-    import re
-
-    flat = flax.traverse_util.flatten_dict(params, sep="/")
-    new = flax.traverse_util.flatten_dict(sub, sep="/")
-    errors = []
-    for k, v in new.items():
-        key = f"{prefix}/{k}"
-        if key not in flat:
-            errors.append(f"unexpected {key}")
-        elif tuple(flat[key].shape) != tuple(v.shape):
-            errors.append(f"{key}: shape {tuple(v.shape)}, model expects {tuple(flat[key].shape)}")
-        else:
-            flat[key] = jnp.asarray(v, flat[key].dtype)
-    for key in flat:
-        if key.startswith(prefix + "/") and key[len(prefix) + 1:] not in new \
-                and not re.fullmatch(missing_ok, key):
-            errors.append(f"missing {key}")
-    if errors:
-        raise ValueError(f"{source} does not fit the model:\n  " + "\n  ".join(errors[:20]))
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
 def random_params(config: ml_collections.ConfigDict, model: SegEarthR2):
     """rng -> the model's randomly initialized params (to jit, or to `jax.eval_shape`)."""
     batch = {k: jnp.asarray(v) for k, v in example_batch(config, 1).items()}
     return lambda rng: model.init(rng, *_model_args(batch))["params"]
-
-
-def init_params(config: ml_collections.ConfigDict, model: SegEarthR2, rng: jax.Array) -> dict:
-    """Random init (host memory), then the converted weights named in `config.init`."""
-    params = flax.core.unfreeze(jax.jit(random_params(config, model))(rng))
-    init = config.init
-    if init.get("checkpoint"):
-        params = _overlay({"root": params}, checkpoint.restore_params(init.checkpoint), "root",
-                          init.checkpoint, r".*/lora_[ab]")["root"]
-    if init.get("mllm"):
-        params = _overlay(params, checkpoint.restore_params(init.mllm), "mllm", init.mllm,
-                          r".*/lora_[ab]")
-    if init.get("seg_head"):
-        params = _overlay(params, checkpoint.restore_params(init.seg_head), "seg_head",
-                          init.seg_head, r"$^")
-    return params
 
 
 def accum_steps(config: ml_collections.ConfigDict) -> int:
@@ -263,15 +223,17 @@ class Trainer:
                              f"{n} devices of the mesh x optim.accum_steps={self.accum_steps}")
 
     def init(self, rng_seed: int) -> tuple[TrainState, Any]:
-        """Fresh state: (TrainState sharded, frozen params sharded)."""
+        """Fresh state: (TrainState, frozen params), each leaf made once, in its sharding and
+        dtype: converted weights restored into place, the rest by a jit of the random init
+        (`segearth_jax.init`)."""
         rng = jax.random.key(rng_seed)
-        params = init_params(self.config, self.model, jax.random.fold_in(rng, 1))
-        state, frozen = self._split_state(params, rng)
-        self.state_sharding = self._state_shardings(state)
-        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
-        # Every process computed the same values: place them from host memory.
-        state = jax.device_put(jax.device_get(state), self.state_sharding)
-        frozen = jax.device_put(jax.device_get(frozen), self.frozen_sharding)
+        state, frozen = self.abstract_init()  # the targets: shapes, dtypes, shardings
+        params = init_lib.init_params(self.config, random_params(self.config, self.model),
+                                      jax.random.fold_in(rng, 1),
+                                      optim.merge_params(state.params, frozen))
+        trainable, frozen = optim.split_params(params, list(self.config.trainable))
+        state = jax.jit(lambda p: self._fresh_state(p, rng), out_shardings=self.state_sharding,
+                        donate_argnums=0)(trainable)
         return state, frozen
 
     def abstract_init(self) -> tuple[TrainState, Any]:
@@ -291,12 +253,13 @@ class Trainer:
 
     def _split_state(self, params: dict, rng: jax.Array) -> tuple[TrainState, Any]:
         trainable, frozen = optim.split_params(params, list(self.config.trainable))
-        frozen = optim.cast(frozen, self.config.frozen_dtype)
-        state = TrainState(step=jnp.array(0, jnp.int32), params=trainable,
-                           opt_state=self.tx.init(trainable),
-                           rng=jax.random.key_data(jax.random.fold_in(rng, 2)),
-                           bad_step=jnp.array(-1, jnp.int32))
-        return state, frozen
+        return self._fresh_state(trainable, rng), optim.cast(frozen, self.config.frozen_dtype)
+
+    def _fresh_state(self, trainable: dict, rng: jax.Array) -> TrainState:
+        return TrainState(step=jnp.array(0, jnp.int32), params=trainable,
+                          opt_state=self.tx.init(trainable),
+                          rng=jax.random.key_data(jax.random.fold_in(rng, 2)),
+                          bad_step=jnp.array(-1, jnp.int32))
 
     def _state_shardings(self, state: TrainState) -> TrainState:
         rep = sharding.replicated(self.mesh)

@@ -1,0 +1,117 @@
+"""Initial parameters the way big_vision makes them: abstract first, then each leaf once, in place.
+
+1. `jax.eval_shape` of the model's init gives every parameter's shape (nothing allocated); the
+   caller gives each leaf its dtype (trainable: param dtype, frozen: the compute dtype) and its
+   sharding.
+2. The converted checkpoints of `config.init` (`checkpoint`: a whole SegEarth-R2, `mllm`: under
+   `mllm/`, `seg_head`: under `seg_head/`) are checked against that tree from their metadata
+   alone (one error lists every unexpected, missing and mis-shaped key), then restored by orbax
+   straight into their sharded targets, cast to the target dtype while reading: frozen weights
+   never exist in float32, and no process holds a whole copy on the host.
+3. What no checkpoint provides (LoRA factors, the `[SEG]` projector; everything for a model
+   trained from scratch) comes from one `jax.jit` of the model's init whose outputs are only
+   those leaves, with `out_shardings`: XLA drops the initializers of every other leaf (and the
+   forward pass that `init` traces), and each device computes just its shard. The values are
+   those of the full random init with the same key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from segearth_jax import checkpoint
+
+# (config.init key, parameter prefix, leaves under the prefix a checkpoint may lack).
+SOURCES = (
+    ("checkpoint", "", r".*/lora_[ab]"),  # a whole model: LoRA factors start fresh
+    ("mllm", "mllm", r".*/lora_[ab]"),  # convert.mipha output: no LoRA factors
+    ("seg_head", "seg_head", r"$^"),  # convert.mask2former output: everything
+)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def checkpoint_shapes(directory: str | Path) -> dict[str, jax.ShapeDtypeStruct]:
+    """'/'-path -> shape and dtype of every array of a parameter checkpoint (`directory/params`),
+    read from its metadata (no array is loaded)."""
+    path = Path(directory).absolute() / "params"
+    if not path.exists():
+        raise FileNotFoundError(f"no parameter checkpoint at {path}")
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.metadata(path).item_metadata.tree
+    return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in _flat(tree).items()}
+
+
+def check_checkpoint(found: dict[str, jax.ShapeDtypeStruct], target: dict[str, Any],
+                     prefix: str, missing_ok: str, source: str) -> None:
+    """Raises one ValueError listing every key of `found` (relative to `prefix`) that the model
+    lacks or shapes differently, and every model key under `prefix` it lacks (unless it matches
+    `missing_ok`)."""
+    full = lambda k: f"{prefix}/{k}" if prefix else k
+    errors = []
+    for k, v in found.items():
+        if full(k) not in target:
+            errors.append(f"unexpected {full(k)}")
+        elif tuple(target[full(k)].shape) != tuple(v.shape):
+            errors.append(f"{full(k)}: shape {tuple(v.shape)}, model expects "
+                          f"{tuple(target[full(k)].shape)}")
+    have = {full(k) for k in found}
+    under = (lambda k: k.startswith(prefix + "/")) if prefix else (lambda k: True)
+    errors += [f"missing {k}" for k in target
+               if under(k) and k not in have and not re.fullmatch(missing_ok, k)]
+    if errors:
+        raise ValueError(f"{source} does not fit the model ({len(errors)} problems):\n  "
+                         + "\n  ".join(errors))
+
+
+def restore_into(directory: str | Path, keys: list[str], target: dict[str, Any], prefix: str
+                 ) -> dict[str, jax.Array]:
+    """Restores the checkpoint's `keys` (relative to `prefix`) into the dtype and sharding of
+    their `target` leaves -> '/'-path (absolute) -> array."""
+    full = lambda k: f"{prefix}/{k}" if prefix else k
+    abstract = traverse_util.unflatten_dict({k: target[full(k)] for k in keys}, sep="/")
+    restored = _flat(checkpoint.restore_params(directory, target=abstract))
+    return {full(k): v for k, v in restored.items()}
+
+
+def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.Array,
+                target: Any) -> Any:
+    """The model's initial parameters, each leaf with the dtype and sharding of `target`.
+
+    random_init: rng -> the model's random params (traced only); target: the params' tree of
+    `jax.ShapeDtypeStruct`s with `sharding`; config: reads `config.init` (see `SOURCES`).
+    """
+    flat_target = _flat(target)
+    leaves: dict[str, jax.Array] = {}
+    for key, prefix, missing_ok in SOURCES:
+        directory = config.init.get(key)
+        if not directory:
+            continue
+        found = checkpoint_shapes(directory)
+        check_checkpoint(found, flat_target, prefix, missing_ok, str(directory))
+        loaded = restore_into(directory, sorted(found), flat_target, prefix)
+        overlap = leaves.keys() & loaded.keys()
+        if overlap:
+            raise ValueError(f"{directory} provides parameters another init.* checkpoint "
+                             f"already gave: {sorted(overlap)[:5]}")
+        leaves.update(loaded)
+
+    missing = [k for k in flat_target if k not in leaves]
+    if missing:
+        def fresh(rng):
+            flat = _flat(random_init(rng))
+            return {k: flat[k].astype(flat_target[k].dtype) for k in missing}
+
+        shardings = {k: flat_target[k].sharding for k in missing}
+        leaves.update(jax.jit(fresh, out_shardings=shardings)(rng))
+    return traverse_util.unflatten_dict({k: leaves[k] for k in flat_target}, sep="/")
+
