@@ -9,10 +9,12 @@
    straight into their sharded targets, cast to the target dtype while reading: frozen weights
    never exist in float32, and no process holds a whole copy on the host.
 3. What no checkpoint provides (LoRA factors, the `[SEG]` projector; everything for a model
-   trained from scratch) comes from one `jax.jit` of the model's init whose outputs are only
+   trained from scratch) comes from `jax.jit`s of the model's init whose outputs are only
    those leaves, with `out_shardings`: XLA drops the initializers of every other leaf (and the
-   forward pass that `init` traces), and each device computes just its shard. The values are
-   those of the full random init with the same key.
+   forward pass that `init` traces), and each device computes just its shard. The leaves are
+   split into groups of at most 2 GiB (one jit each): the init makes a scanned stack in float32
+   before the cast, and 2.7B float32 values at once would be 10.8 GB. The values are those of
+   the full random init with the same key.
 """
 
 from __future__ import annotations
@@ -84,11 +86,13 @@ def restore_into(directory: str | Path, keys: list[str], target: dict[str, Any],
 
 
 def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.Array,
-                target: Any) -> Any:
+                target: Any, group_bytes: int = 2**31) -> Any:
     """The model's initial parameters, each leaf with the dtype and sharding of `target`.
 
     random_init: rng -> the model's random params (traced only); target: the params' tree of
     `jax.ShapeDtypeStruct`s with `sharding`; config: reads `config.init` (see `SOURCES`).
+    group_bytes: the random leaves are made by one jit per group of at most this many bytes
+    (`_groups`), so that the init's float32 values are never all alive at once.
     """
     flat_target = _flat(target)
     leaves: dict[str, jax.Array] = {}
@@ -106,12 +110,28 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
         leaves.update(loaded)
 
     missing = [k for k in flat_target if k not in leaves]
-    if missing:
-        def fresh(rng):
+    abstract = _flat(jax.eval_shape(random_init, rng))
+    for group in _groups(missing, {k: abstract[k] for k in missing}, group_bytes):
+        def fresh(rng, group=group):
             flat = _flat(random_init(rng))
-            return {k: flat[k].astype(flat_target[k].dtype) for k in missing}
+            return {k: flat[k].astype(flat_target[k].dtype) for k in group}
 
-        shardings = {k: flat_target[k].sharding for k in missing}
+        shardings = {k: flat_target[k].sharding for k in group}
         leaves.update(jax.jit(fresh, out_shardings=shardings)(rng))
     return traverse_util.unflatten_dict({k: leaves[k] for k in flat_target}, sep="/")
+
+
+def _groups(keys: list[str], shapes: dict[str, Any], limit: int) -> list[list[str]]:
+    """`keys` packed into groups of at most `limit` bytes as the init makes them (a larger leaf
+    alone), largest first: one jit per group bounds what its init holds at once (the init's
+    own dtype, e.g. a scanned stack's float32 before the cast to bfloat16)."""
+    size = lambda k: shapes[k].size * shapes[k].dtype.itemsize
+    groups, current, total = [], [], 0
+    for k in sorted(keys, key=size, reverse=True):
+        if current and total + size(k) > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(k)
+        total += size(k)
+    return groups + ([current] if current else [])
 
