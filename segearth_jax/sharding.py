@@ -69,16 +69,35 @@ def param_shardings(mesh: Mesh, tree: Any) -> Any:
         lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp)), tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) axis over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_axes(mesh: Mesh, batch_size: int) -> tuple[str, ...]:
+    """The mesh axes a batch of `batch_size` rows splits over: data x fsdp when the rows divide
+    evenly over them; else `data` alone, the batch then replicated over `fsdp` (e.g. batch 4 on
+    fsdp=8: every device computes the 4 rows while the state stays sharded). Raises when not even
+    `data` divides the rows, or when replicating over fsdp would need the same rows from several
+    processes (each process reads its own rows)."""
+    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+        return BATCH_AXES
+    if batch_size % mesh.shape["data"]:
+        raise ValueError(f"batch {batch_size} does not divide over the mesh's data axis "
+                         f"({mesh.shape['data']}) nor data x fsdp ({mesh.size})")
+    if jax.process_count() > 1:
+        raise ValueError(f"batch {batch_size} must be a multiple of the {mesh.size} devices "
+                         "when several processes train (each reads its own rows)")
+    return ("data",)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, axes: tuple[str, ...] = BATCH_AXES
+                   ) -> NamedSharding:
+    """Leading (batch) axis over `axes` (default data x fsdp), the rest replicated."""
+    return NamedSharding(mesh, P(axes, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's slice of the batch -> global arrays sharded on the batch axes."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray],
+                 axes: tuple[str, ...] = BATCH_AXES) -> dict[str, jax.Array]:
+    """This process's slice of the batch -> global arrays sharded on the batch `axes`."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim, axes), v)
             for k, v in local.items()}

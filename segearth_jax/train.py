@@ -128,8 +128,8 @@ def accum_steps(config: ml_collections.ConfigDict) -> int:
     return k
 
 
-def micro_batches(batch: dict[str, jax.Array], k: int, mesh: Any = None
-                  ) -> dict[str, jax.Array]:
+def micro_batches(batch: dict[str, jax.Array], k: int, mesh: Any = None,
+                  axes: tuple[str, ...] = sharding.BATCH_AXES) -> dict[str, jax.Array]:
     """[B, ...] -> [k, B/k, ...]: micro-batch i holds rows i, i + k, i + 2k, ... so that, with
     the batch split in contiguous blocks over the devices, every micro-batch spreads over all of
     them (no data moves when B is a multiple of k x devices)."""
@@ -137,7 +137,7 @@ def micro_batches(batch: dict[str, jax.Array], k: int, mesh: Any = None
     def split(x):
         x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
         if mesh is not None:
-            spec = jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)
+            spec = jax.sharding.PartitionSpec(None, axes)
             x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
         return x
 
@@ -145,7 +145,8 @@ def micro_batches(batch: dict[str, jax.Array], k: int, mesh: Any = None
 
 
 def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
-                    tx: optax.GradientTransformation, mesh: Any = None):
+                    tx: optax.GradientTransformation, mesh: Any = None,
+                    batch_axes: tuple[str, ...] = sharding.BATCH_AXES):
     """(state, frozen, batch) -> (state, metrics); pure, to be jitted with shardings.
 
     With `optim.accum_steps` = k > 1 the batch is split into k micro-batches (`micro_batches`)
@@ -183,7 +184,8 @@ def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
             denominators))
         zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (shapes[0][1], shapes[1]))
         (metrics, grads), _ = jax.lax.scan(micro_step, zeros,
-                                           (micro_batches(batch, k, mesh), jnp.arange(k)))
+                                           (micro_batches(batch, k, mesh, batch_axes),
+                                            jnp.arange(k)))
         return metrics, grads
 
     def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
@@ -216,11 +218,10 @@ class Trainer:
         self.model = build_model(config)
         self.tx = optim.make_optimizer(config)
         self.batch_size = config.data.batch_size
-        n = self.mesh.size
         self.accum_steps = accum_steps(config)
-        if self.batch_size % (n * self.accum_steps):
-            raise ValueError(f"global batch {self.batch_size} must be a multiple of the "
-                             f"{n} devices of the mesh x optim.accum_steps={self.accum_steps}")
+        # The axes each (micro-)batch splits over (data x fsdp, or data alone when its rows do
+        # not divide over every device: then replicated over fsdp).
+        self.batch_axes = sharding.batch_axes(self.mesh, self.batch_size // self.accum_steps)
 
     def init(self, rng_seed: int) -> tuple[TrainState, Any]:
         """Fresh state: (TrainState, frozen params), each leaf made once, in its sharding and
@@ -269,16 +270,17 @@ class Trainer:
 
     @functools.cached_property
     def step_fn(self):
-        batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim)
+        batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim, self.batch_axes)
                     for k, v in example_batch(self.config, 1).items()}
-        return jax.jit(make_train_step(self.model, self.config, self.tx, self.mesh),
+        return jax.jit(make_train_step(self.model, self.config, self.tx, self.mesh,
+                                       self.batch_axes),
                        in_shardings=(self.state_sharding, self.frozen_sharding, batch_sh),
                        out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                        donate_argnums=0)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         keys = example_batch(self.config, 1).keys()
-        return sharding.global_batch(self.mesh, {k: local[k] for k in keys})
+        return sharding.global_batch(self.mesh, {k: local[k] for k in keys}, self.batch_axes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,7 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         k = trainer.accum_steps
         print(f"global batch {trainer.batch_size} per step over {trainer.mesh.size} device(s)"
               + (f" ({k} accumulated micro-batches of {trainer.batch_size // k})" if k > 1
-                 else ""), flush=True)
+                 else "")
+              + ("; rows replicated over fsdp (they do not divide over every device)"
+                 if trainer.batch_axes != sharding.BATCH_AXES else ""), flush=True)
     mngr = checkpoint_manager(workdir, config)
     if mngr.latest_step() is not None:
         state = restore(mngr, state, data_iter)
