@@ -66,7 +66,6 @@ import argparse
 import ast
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import gc
 import json
@@ -86,7 +85,7 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from configs import common, tiny  # noqa: E402
 from experiments.bench_infer import hf_mask2former  # noqa: E402
-from experiments.timing import timeit  # noqa: E402
+from experiments.timing import cpu_memory_peak, cpu_memory_reset, timeit  # noqa: E402
 from segearth_jax.flops import count_flops  # noqa: E402
 from segearth_jax.models.lora import LoRAConfig  # noqa: E402
 from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
@@ -485,28 +484,6 @@ def bench_torch(config, iters: int, device: str) -> dict:
     # Trainable tensors that got a gradient (HF's unused learned queries get none).
     return dict(step_s=t, peak_gib=peak, loss=float(box["loss"]),
                 trainable=sum(p.numel() for p in params if p.grad is not None))
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-
-def cpu_memory_reset() -> int | None:
-    """The resident bytes now, after giving freed heap back to the OS and resetting the peak
-    (VmHWM) counter, so that `cpu_memory_peak` sees the reference's own growth; None where
-    Linux's /proc/self/clear_refs cannot be written."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _status_kib("VmRSS") * 1024
-    except (OSError, StopIteration):
-        return None
-
-
-def cpu_memory_peak(base: int | None) -> float:
-    return float("nan") if base is None else _status_kib("VmHWM") * 1024 - base
 
 
 # ---------------------------------------------------------------------------------------------
