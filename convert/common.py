@@ -7,7 +7,9 @@ provide). `convert_tensors` applies them against the expected parameter shapes (
 unexpected and mis-shaped key at once.
 
 Rules whose regex has a named group `layer` fill slot `layer` of a parameter stacked on axis 0
-(our scanned layers); every slot must be filled.
+(our scanned layers); every slot must be filled. A rule's `fields` can derive the target's fields
+and the slot from the match, for stacks that group several source layers per slot (Swin's
+(W-MSA, SW-MSA) block pairs, the decoder's rounds over the feature levels: `stacked_fields`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ class Rule:
     pattern: str
     target: str | tuple[str, ...]
     transform: Callable[[Array], Array | tuple[Array, ...]] = identity
+    # The match's groups -> more groups for the target (and `layer`, the slot), e.g. from a
+    # source block index j: the position j % 2 in its pair and the slot j // 2.
+    fields: Callable[[dict[str, str]], dict[str, Any]] | None = None
+
+
+def stacked_fields(group: str, names: tuple[str, ...]) -> Callable[[dict[str, str]], dict]:
+    """Source layer n (the match's `group`) -> {"pos": names[n % len(names)], "layer": n //
+    len(names)}: slot n // k of the stack at position `pos` of a k-layer scan body."""
+    k = len(names)
+    return lambda g: {"pos": names[int(g[group]) % k], "layer": int(g[group]) // k}
+
+
+def with_fields(rules: list[Rule], group: str, fields: Callable[[dict[str, str]], dict]
+                ) -> list[Rule]:
+    """`rules`, those whose pattern has the named `group` given `fields`."""
+    return [dataclasses.replace(r, fields=fields) if f"(?P<{group}>" in r.pattern else r
+            for r in rules]
 
 
 def split_rows(n: int, then: Callable[[Array], Array] = identity
@@ -246,6 +265,8 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
             continue
         m, rule = match
         groups = m.groupdict()
+        if rule.fields is not None:
+            groups = {**groups, **rule.fields(groups)}
         split = isinstance(rule.target, tuple)
         targets = [t.format(**groups) for t in (rule.target if split else (rule.target,))]
         values = rule.transform(load())

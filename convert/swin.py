@@ -7,8 +7,9 @@ detectron2's `backbone.*` in Mask2Former checkpoints, which adds `norm0..norm3`)
 transformers' `SwinBackbone` (both the 4.x names of the published files and the 5.x module
 names). Key list: ../shared/reference/swin_base_patch4_window12_384_22k_keys.tsv.
 
-Our layout is the official one with `.` -> `/` and `layers.i.blocks.j` -> `layers_i/blocks_j`;
-the only transforms are the fused `attn.qkv` split into q/k/v (rows stacked q, k, v) and the
+Our layout is the official one with `.` -> `/`, `layers.i` -> `layers_i` and block j of a stage
+in slot j // 2 of the scanned pair's `blocks/w` (j even) or `blocks/sw` (j odd); the only
+transforms are the fused `attn.qkv` split into q/k/v (rows stacked q, k, v) and the
 PyTorch -> Flax kernel layouts (Linear [out, in] -> [in, out], Conv OIHW -> HWIO).
 """
 
@@ -36,13 +37,16 @@ from convert.common import (
     read_torch_bin,
     run_converter,
     split_rows,
+    stacked_fields,
+    with_fields,
     write_converted,
 )
 from segearth_jax.models.swin import VARIANTS, SwinConfig, SwinTransformer
 
 # Source regex of a block (after the prefix) and our path of it (after dst_prefix).
 _BLOCK_SRC = r"layers\.(?P<i>\d+)\.blocks\.(?P<j>\d+)"
-_BLOCK_DST = "layers_{i}/blocks_{j}"
+_BLOCK_DST = "layers_{i}/blocks/{pos}"  # block j: slot j // 2 of pair position w / sw
+_PAIR = stacked_fields("j", ("w", "sw"))
 _DOWN_SRC = r"layers\.(?P<i>\d+)\.downsample"
 _DOWN_DST = "layers_{i}/downsample"
 
@@ -57,7 +61,7 @@ def official_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
     them (see `output_norms_gap`)."""
     p, d = src_prefix, dst_prefix
     b, blk = p + _BLOCK_SRC, f"{d}/{_BLOCK_DST}"
-    return [
+    return with_fields([
         Rule(p + r"patch_embed\.proj\.weight", d + "/patch_embed/proj/kernel", conv2d),
         Rule(p + r"patch_embed\.proj\.bias", d + "/patch_embed/proj/bias"),
         *norm_rules(p + r"patch_embed\.norm", d + "/patch_embed/norm"),
@@ -74,7 +78,7 @@ def official_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
         Rule(p + _DOWN_SRC + r"\.reduction\.weight", f"{d}/{_DOWN_DST}/reduction/kernel", linear),
         *norm_rules(p + _DOWN_SRC + r"\.norm", f"{d}/{_DOWN_DST}/norm"),
         *norm_rules(p + r"norm(?P<i>\d+)", d + "/norm{i}"),
-    ]
+    ], "j", _PAIR)
 
 
 def official_unused(src_prefix: str) -> list[Gap]:
@@ -105,7 +109,7 @@ def hf_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
     p, d = src_prefix + r"(?:swin\.)?", dst_prefix
     b, blk = p + r"encoder\." + _BLOCK_SRC, f"{d}/{_BLOCK_DST}"
     att = b + r"\.attention\."
-    return [
+    return with_fields([
         Rule(p + r"embeddings\.patch_embeddings\.projection\.weight",
              d + "/patch_embed/proj/kernel", conv2d),
         Rule(p + r"embeddings\.patch_embeddings\.projection\.bias", d + "/patch_embed/proj/bias"),
@@ -124,7 +128,7 @@ def hf_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
         *norm_rules(p + r"encoder\." + _DOWN_SRC + r"\.norm", f"{d}/{_DOWN_DST}/norm"),
         *(r for k in range(4)
           for r in norm_rules(src_prefix + rf"hidden_states_norms\.stage{k + 1}", f"{d}/norm{k}")),
-    ]
+    ], "j", _PAIR)
 
 
 def hf_unused(src_prefix: str) -> list[Gap]:

@@ -78,6 +78,33 @@ def test_stage_outputs_match_hf_swin_backbone(hf_backbone):
     _assert_matches_hf(_hf_params(hf_backbone.state_dict()), hf_backbone, SIZE)
 
 
+def test_remat_gives_the_same_outputs_and_input_gradient(hf_backbone):
+    """`remat=True` (each scanned block pair recomputed in the backward): the same features
+    and the same gradient of a scalar of them with respect to the pixels (fp32)."""
+    import dataclasses
+
+    params = _hf_params(hf_backbone.state_dict())
+    x = _pixels((64, 48), seed=2)
+
+    def loss(px, remat):
+        feats = SwinTransformer(dataclasses.replace(TINY, remat=remat)).apply({"params": params},
+                                                                            px)
+        return sum(jax.numpy.sum(jax.numpy.sin(f)) for f in feats.values())
+
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (plain, g_plain), (remat, g_remat) = grad(x, False), grad(x, True)
+    assert abs(float(plain) - float(remat)) <= TOL * max(1.0, abs(float(plain)))
+    assert float(np.abs(np.asarray(g_plain)).max()) > 0
+    assert float(np.abs(np.asarray(g_plain) - np.asarray(g_remat)).max()) <= TOL
+
+
+def test_odd_stage_depth_is_refused():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="depth 3 is odd"):
+        SwinTransformer(dataclasses.replace(TINY, depths=(2, 3, 2, 2))).init(
+            jax.random.key(0), _pixels((32, 32)))
+
 def test_hf_rules_read_the_4x_names_of_published_files(hf_backbone):
     """The hub files use transformers 4.x names (renamed at load time by 5.x); both convert to
     the same parameters."""
@@ -169,7 +196,7 @@ def test_official_converter_reports_every_problem(hf_backbone, tmp_path):
         swin_convert.convert(tmp_path / "swin.pth", tmp_path / "out", variant="tiny")
     msg = str(e.value)
     # The mis-shaped kernel is also listed as missing (nothing filled it).
-    for needle in ("2 missing", "layers_1/blocks_0/mlp/fc1/bias", "1 unexpected",
+    for needle in ("2 missing", "layers_1/blocks/w/mlp/fc1/bias", "1 unexpected",
                    "layers.0.blocks.0.attn.extra", "1 mis-shaped",
                    "layers.2.downsample.reduction.weight: (3, 3)"):
         assert needle in msg, msg

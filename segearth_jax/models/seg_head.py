@@ -29,17 +29,19 @@ class SegHeadConfig:
 
     @classmethod
     def from_variant(cls, name: str, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                     swin: dict[str, Any] | None = None,
                      pixel_decoder: dict[str, Any] | None = None,
                      **decoder_overrides: Any) -> SegHeadConfig:
         """The three parts, made consistent: the pixel decoder reads the Swin channels and the
-        transformer decoder's width is the pixel decoder's. `pixel_decoder`: overrides of
-        `PixelDecoderConfig` (e.g. `simplify_fpn`); other keywords override the decoder's."""
+        transformer decoder's width is the pixel decoder's. `swin` / `pixel_decoder`: overrides of
+        `SwinConfig` / `PixelDecoderConfig` (e.g. `remat`, `simplify_fpn`); other keywords
+        override the decoder's."""
         if name not in VARIANTS:
             raise ValueError(f"unknown segmentation head variant {name!r}; known: "
                              f"{sorted(VARIANTS)}")
         s, p, d = VARIANTS[name]
         dt = dict(dtype=dtype, param_dtype=param_dtype)
-        swin = SwinConfig.from_variant(s, **dt)
+        swin = SwinConfig.from_variant(s, **dt, **(swin or {}))
         pd = PixelDecoderConfig.from_variant(p, in_channels=swin.channels, **dt,
                                              **(pixel_decoder or {}))
         dec = MaskDecoderConfig.from_variant(d, **{"hidden_dim": pd.conv_dim,

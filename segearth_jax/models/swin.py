@@ -16,10 +16,15 @@ As in detectron2, odd blocks always shift, even when a map is no larger than the
 shift mask is built on the padded size (transformers' Swin disables the shift when the map is no
 larger than the window; the checkpoint was trained with detectron2's behaviour).
 
-Parameter layout (the official names with `.` -> `/` and `layers.i` -> `layers_i`):
+The blocks of a stage run as an `nn.scan` over (W-MSA, SW-MSA) pairs (one compiled pair per
+stage instead of `depth` unrolled blocks), optionally rematerialized (`remat`).
+
+Parameter layout (the official names with `.` -> `/` and `layers.i` -> `layers_i`; official
+block j of stage i is slot j // 2 of `blocks/w` (j even, unshifted) or `blocks/sw` (j odd,
+shifted), every leaf stacked on axis 0 over the depth // 2 pairs):
     patch_embed/{proj, norm}
-    layers_{i}/blocks_{j}/{norm1, attn/{q, k, v, proj, relative_position_bias_table}, norm2,
-                           mlp/{fc1, fc2}}
+    layers_{i}/blocks/{w, sw}/{norm1, attn/{q, k, v, proj, relative_position_bias_table}, norm2,
+                               mlp/{fc1, fc2}}
     layers_{i}/downsample/{norm, reduction}     (i < num_stages - 1)
     norm{i}                                     (output norm of stage i, i.e. of res{i + 2})
 """
@@ -57,6 +62,7 @@ class SwinConfig:
     layer_norm_eps: float = 1e-5
     # `implementation` of jax.nn.dot_product_attention ("xla", "cudnn" or None = JAX's choice).
     attention_impl: str | None = "xla"
+    remat: bool = False  # recompute each block pair in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -226,8 +232,24 @@ class PatchMerging(nn.Module):
         return _dense(self.config, 2 * c, "reduction", use_bias=False)(x)
 
 
+class SwinBlockPair(nn.Module):
+    """Blocks 2p (`w`: windows) and 2p + 1 (`sw`: windows shifted by window // 2): the body of a
+    stage's scan."""
+
+    config: SwinConfig
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: None = None) -> tuple[jax.Array, None]:
+        """[B, H, W, C] -> ([B, H, W, C], None) (carry, per-pair output) for nn.scan."""
+        x = SwinBlock(self.config, self.num_heads, 0, name="w")(x)
+        return SwinBlock(self.config, self.num_heads, self.config.window_size // 2,
+                         name="sw")(x), None
+
+
 class SwinStage(nn.Module):
-    """One `BasicLayer`: `depth` blocks (odd ones shifted), then patch merging if `downsample`."""
+    """One `BasicLayer`: `depth` blocks (odd ones shifted) as depth // 2 scanned pairs, then
+    patch merging if `downsample`."""
 
     config: SwinConfig
     depth: int
@@ -237,9 +259,13 @@ class SwinStage(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """[B, H, W, C] -> (stage output [B, H, W, C], next stage input [B, H', W', C'])."""
-        for j in range(self.depth):
-            shift = self.config.window_size // 2 if j % 2 else 0
-            x = SwinBlock(self.config, self.num_heads, shift, name=f"blocks_{j}")(x)
+        if self.depth % 2:
+            raise ValueError(f"Swin stage depth {self.depth} is odd: the blocks run as "
+                             "(W-MSA, SW-MSA) pairs")
+        pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.config.remat else SwinBlockPair
+        blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True},
+                         length=self.depth // 2)
+        x, _ = blocks(self.config, self.num_heads, name="blocks")(x, None)
         down = PatchMerging(self.config, name="downsample")(x) if self.downsample else x
         return x, down
 
