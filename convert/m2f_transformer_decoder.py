@@ -1,12 +1,31 @@
 """Rename tables for Mask2Former's masked-attention transformer decoder -> our
 `MaskedTransformerDecoder` (models/mask_decoder.py): detectron2 names (the released .pkl and
-SegEarth-R2's `predictor.*`) and transformers' `Mask2FormerTransformerModule` names."""
+SegEarth-R2's `predictor.*`) and transformers' `Mask2FormerTransformerModule` names.
+
+Our layers are scanned in rounds over the feature levels: source layer i fills slot
+i // num_levels of `layers/level_{i % num_levels}` (`convert.common.stacked_fields`)."""
 
 from __future__ import annotations
 
-from convert.common import Gap, Rule, linear, linear_rules, norm_rules, split_rows
+from convert.common import (
+    Gap,
+    Rule,
+    linear,
+    linear_rules,
+    norm_rules,
+    split_rows,
+    stacked_fields,
+    with_fields,
+)
 
 _L = r"(?P<i>\d+)"
+NUM_LEVELS = 3  # Mask2Former's decoder cycles over 3 pixel-decoder levels
+
+
+def _levels(rules: list[Rule], num_levels: int) -> list[Rule]:
+    """Layer i's rules -> slot i // num_levels of `layers/level_{i % num_levels}`."""
+    names = tuple(f"level_{n}" for n in range(num_levels))
+    return with_fields(rules, "i", stacked_fields("i", names))
 
 
 def _fused_attention(src: str, dst: str) -> list[Rule]:
@@ -20,11 +39,11 @@ def _fused_attention(src: str, dst: str) -> list[Rule]:
     ]
 
 
-def d2_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
+def d2_rules(src_prefix: str, dst_prefix: str, num_levels: int = NUM_LEVELS) -> list[Rule]:
     """detectron2 `MultiScaleMaskedTransformerDecoder` keys (after `src_prefix`, a regex)."""
     p, d = src_prefix, dst_prefix
-    layer = d + "/layers_{i}"
-    return [
+    layer = d + "/layers/{pos}"
+    return _levels([
         *_fused_attention(p + rf"transformer_cross_attention_layers\.{_L}\.multihead_attn",
                           layer + "/cross_attn"),
         *norm_rules(p + rf"transformer_cross_attention_layers\.{_L}\.norm",
@@ -39,7 +58,7 @@ def d2_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
         *norm_rules(p + r"decoder_norm", d + "/head/decoder_norm"),
         *linear_rules(p + r"mask_embed\.layers\.(?P<j>[0-2])", d + "/head/mask_embed_{j}"),
         Rule(p + r"level_embed\.weight", d + "/level_embed"),
-    ]
+    ], num_levels)
 
 
 def d2_unused(src_prefix: str) -> list[Gap]:
@@ -53,12 +72,12 @@ def d2_unused(src_prefix: str) -> list[Gap]:
     ]
 
 
-def hf_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
+def hf_rules(src_prefix: str, dst_prefix: str, num_levels: int = NUM_LEVELS) -> list[Rule]:
     """transformers `Mask2FormerTransformerModule` keys (after `src_prefix`, a regex)."""
     p, d = src_prefix, dst_prefix
-    layer = d + "/layers_{i}"
+    layer = d + "/layers/{pos}"
     hl = p + rf"decoder\.layers\.{_L}"
-    return [
+    return _levels([
         *_fused_attention(hl + r"\.cross_attn", layer + "/cross_attn"),
         *norm_rules(hl + r"\.cross_attn_layer_norm", layer + "/cross_attn_norm"),
         *linear_rules(hl + r"\.self_attn\.(?P<n>q|k|v|out)_proj", layer + "/self_attn/{n}"),
@@ -70,7 +89,7 @@ def hf_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
         *linear_rules(p + r"decoder\.mask_predictor\.mask_embedder\.(?P<j>[0-2])\.0",
                       d + "/head/mask_embed_{j}"),
         Rule(p + r"level_embed\.weight", d + "/level_embed"),
-    ]
+    ], num_levels)
 
 
 def hf_unused(src_prefix: str) -> list[Gap]:

@@ -13,7 +13,8 @@ from convert.common import convert_tensors
 from segearth_jax.models.mask_decoder import MaskDecoderConfig, MaskedTransformerDecoder
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
-C, HEADS, LAYERS = 32, 4, 4
+# Two rounds of the three levels: the scanned layers' slot order is exercised.
+C, HEADS, LAYERS = 32, 4, 6
 SIZES = [(3, 5), (6, 10), (12, 20)]  # 1/32, 1/16, 1/8 of a non-square 96x160 image
 MASK_HW = (24, 40)  # stride 4
 
@@ -34,7 +35,7 @@ def hf_module():
 
 @pytest.fixture(scope="module")
 def params(hf_module):
-    cfg = MaskDecoderConfig.from_variant("tiny")
+    cfg = MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS)
     model = MaskedTransformerDecoder(cfg)
     feats, mask_feats, queries = _inputs(0, 2, 3)
     expected = jax.eval_shape(model.init, jax.random.key(0), queries, feats, mask_feats)
@@ -75,7 +76,7 @@ def _hf_masks(module, feats, mask_feats, queries):
 def test_every_layer_mask_logits_match_hf_decoder(hf_module, params):
     feats, mask_feats, queries = _inputs(1, 2, 3)
     model = MaskedTransformerDecoder(
-        MaskDecoderConfig.from_variant("tiny", independent_queries=False))
+        MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS, independent_queries=False))
     ours = model.apply({"params": params}, queries, feats, mask_feats)
     ref = _hf_masks(hf_module, feats, mask_feats, queries)
     assert ours.shape == ref.shape == (LAYERS + 1, 2, 3, *MASK_HW)
@@ -86,7 +87,7 @@ def test_every_layer_mask_logits_match_hf_decoder(hf_module, params):
 
 def test_independent_queries_equal_single_query_runs_of_hf(hf_module, params):
     feats, mask_feats, queries = _inputs(2, 2, 4)
-    model = MaskedTransformerDecoder(MaskDecoderConfig.from_variant("tiny"))
+    model = MaskedTransformerDecoder(MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS))
     batched = model.apply({"params": params}, queries, feats, mask_feats)
     for q in range(4):
         single = _hf_masks(hf_module, feats, mask_feats, queries[:, q: q + 1])
@@ -97,13 +98,38 @@ def test_padded_queries_do_not_change_valid_ones(params):
     feats, mask_feats, queries = _inputs(3, 1, 2)
     for independent in (True, False):
         model = MaskedTransformerDecoder(
-            MaskDecoderConfig.from_variant("tiny", independent_queries=independent))
+            MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS,
+                                           independent_queries=independent))
         alone = model.apply({"params": params}, queries, feats, mask_feats)
         junk = np.random.default_rng(4).normal(size=(1, 3, C)).astype(np.float32) * 10
         padded = model.apply({"params": params}, np.concatenate([queries, junk], 1), feats,
                              mask_feats, query_valid=np.array([[True, True, False, False, False]]))
         np.testing.assert_allclose(padded[:, :, :2], alone, atol=TOL, rtol=0)
 
+
+def test_remat_gives_the_same_predictions_and_gradients(params):
+    """`remat=True` (each scanned round recomputed in the backward): same values (fp32)."""
+    feats, mask_feats, queries = _inputs(5, 2, 2)
+
+    def loss(p, remat):
+        model = MaskedTransformerDecoder(
+            MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS, remat=remat))
+        return jax.numpy.sum(jax.numpy.tanh(model.apply({"params": p}, queries, feats,
+                                                        mask_feats)))
+
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (plain, g_plain), (remat, g_remat) = grad(params, False), grad(params, True)
+    assert abs(float(plain) - float(remat)) <= TOL * max(1.0, abs(float(plain)))
+    assert float(np.abs(np.asarray(g_plain["head"]["mask_embed_0"]["kernel"])).max()) > 0
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= TOL
+
+
+def test_layers_not_a_multiple_of_the_levels_are_refused():
+    feats, mask_feats, queries = _inputs(0, 1, 1)
+    model = MaskedTransformerDecoder(MaskDecoderConfig.from_variant("tiny", num_layers=4))
+    with pytest.raises(ValueError, match="multiple of num_levels 3"):
+        model.init(jax.random.key(0), queries, feats, mask_feats)
 
 def test_full_size_layout_matches_the_reference_predictor_keys():
     import ast

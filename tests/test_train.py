@@ -49,7 +49,7 @@ def single(tmp_path_factory) -> dict:
 # divides by the noise's own size): the decoder's self-attention is restricted to the diagonal
 # (softmax over one key: q and k do not matter), and a key bias adds the same logit to every key
 # of a softmax row.
-ZERO_GRAD = re.compile(r"seg_head/predictor/layers_\d+/self_attn/(q|k)/.*|.*/k/bias")
+ZERO_GRAD = re.compile(r"seg_head/predictor/layers/level_\d+/self_attn/(q|k)/.*|.*/k/bias")
 
 
 def _compare(a: dict, b: dict) -> None:

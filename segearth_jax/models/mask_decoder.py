@@ -10,6 +10,13 @@ the input queries and one after each layer (num_layers + 1 = 10 for deep supervi
 `independent_queries` (default) restricts query-to-query self-attention to the diagonal: N
 queries in one pass then give exactly what N single-query passes (the official code) give.
 Padded queries (`query_valid` False) never influence valid ones.
+
+The layers run as an `nn.scan` over num_layers // num_levels rounds, each round one layer per
+level (their memories differ in size, so one round is the repeated unit), optionally
+rematerialized (`remat`). Parameter layout: `level_embed`, `head/{decoder_norm,
+mask_embed_{0,1,2}}` (shared by every prediction) and `layers/level_{l}/{cross_attn, self_attn,
+cross_attn_norm, self_attn_norm, linear1, linear2, ffn_norm}`, stacked on axis 0 over the
+rounds: detectron2's layer i is slot i // num_levels of `level_{i % num_levels}`.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from segearth_jax.models.position_encoding import sine_position_embedding
 VARIANTS: dict[str, dict[str, Any]] = {
     # detectron2 DEC_LAYERS = 10 means 9 layers here (plus the prediction from the input queries).
     "m2f": dict(hidden_dim=256, num_heads=8, dim_feedforward=2048, num_layers=9, mask_dim=256),
-    "tiny": dict(hidden_dim=32, num_heads=4, dim_feedforward=64, num_layers=4, mask_dim=32),
+    "tiny": dict(hidden_dim=32, num_heads=4, dim_feedforward=64, num_layers=3, mask_dim=32),
 }
 
 
@@ -41,6 +48,7 @@ class MaskDecoderConfig:
     num_levels: int = 3
     independent_queries: bool = True
     attention_impl: str | None = "auto"
+    remat: bool = False  # recompute each round of layers in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -128,6 +136,33 @@ def attention_mask_from_prediction(mask_logits: jax.Array, size: tuple[int, int]
     return jax.lax.stop_gradient(allowed)[:, None]
 
 
+class DecoderRound(nn.Module):
+    """One layer per level (`level_{l}` cross-attends to level l), each followed by the shared
+    mask head's prediction, which masks the next layer's cross-attention: a scan body."""
+
+    config: MaskDecoderConfig
+    sizes: tuple[tuple[int, int], ...]
+
+    @nn.compact
+    def __call__(self, carry, memories, positions, query_pos, self_mask, mask_features,
+                 head_params):
+        """carry: (x [B, Q, C], last prediction [B, Q, H, W]); memories/positions: per level
+        [B, S_l, C]; head_params: the shared MaskHead's (a broadcast input, so that every
+        prediction uses, and trains, the same head). -> (carry, predictions [levels, B, Q, H,
+        W])."""
+        cfg = self.config
+        x, prediction = carry
+        head = MaskHead(cfg, parent=None)  # unbound: applied with the shared params
+        predictions = []
+        for level, size in enumerate(self.sizes):
+            memory_mask = attention_mask_from_prediction(prediction, size)
+            x = MaskedDecoderLayer(cfg, name=f"level_{level}")(
+                x, query_pos, memories[level], positions[level], memory_mask, self_mask)
+            prediction = head.apply({"params": head_params}, x, mask_features)
+            predictions.append(prediction)
+        return (x, prediction), jnp.stack(predictions)
+
+
 class MaskedTransformerDecoder(nn.Module):
     config: MaskDecoderConfig
 
@@ -166,12 +201,17 @@ class MaskedTransformerDecoder(nn.Module):
         else:
             self_mask = None
 
+        if cfg.num_layers % cfg.num_levels:
+            raise ValueError(f"mask decoder: num_layers {cfg.num_layers} must be a multiple of "
+                             f"num_levels {cfg.num_levels} (the layers run in rounds over the "
+                             "levels)")
         head = MaskHead(cfg, name="head")
-        predictions = [head(x, mask_features)]
-        for i in range(cfg.num_layers):
-            level = i % cfg.num_levels
-            memory_mask = attention_mask_from_prediction(predictions[-1], sizes[level])
-            x = MaskedDecoderLayer(cfg, name=f"layers_{i}")(
-                x, query_pos, memories[level], positions[level], memory_mask, self_mask)
-            predictions.append(head(x, mask_features))
-        return jnp.stack(predictions)
+        first = head(x, mask_features)
+        body = nn.remat(DecoderRound, prevent_cse=False) if cfg.remat else DecoderRound
+        rounds = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(nn.broadcast,) * 6, length=cfg.num_layers // cfg.num_levels)
+        _, later = rounds(cfg, tuple(sizes), name="layers")(
+            (x, first), memories, positions, query_pos, self_mask, mask_features,
+            head.variables["params"])
+        # [rounds, levels, B, Q, H, W] -> [num_layers, ...] in layer order (round-major).
+        return jnp.concatenate([first[None], later.reshape(-1, *later.shape[2:])])
