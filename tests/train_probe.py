@@ -3,10 +3,12 @@ tests/test_train.py, so that device counts and jax.distributed can differ per ru
 
 python -m tests.train_probe --out F.npz [--mesh 4,2] [--devices N] [--process-id i
   --num-processes n --port P] [--trainable paper|all] [--steps 2] [--accum K]
-  [--deterministic]
+  [--deterministic] [--sgd LR]
 
 --deterministic: no dropout and the full-resolution mask loss (no random points), so that runs
 that draw their random numbers differently (accumulated micro-batches) are comparable.
+--sgd LR: plain SGD instead of the config's AdamW, so that each update is the gradient times LR
+(Adam divides a gradient by its own size and so turns rounding noise into a full-size step).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--sgd", type=float, default=None)
     a = p.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
 
@@ -56,6 +59,10 @@ def main() -> None:
                                        num_processes=a.num_processes, process_id=a.process_id))
     sharding.maybe_initialize_distributed(config)
     trainer = Trainer(config)
+    if a.sgd is not None:
+        import optax
+
+        trainer.tx = optax.sgd(a.sgd)  # read by init() and step_fn, both below
     state, frozen = trainer.init(config.seed)
     before = traverse_util.flatten_dict(
         jax.device_get(optim.merge_params(state.params, frozen)), sep="/")
