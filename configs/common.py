@@ -27,9 +27,10 @@ def base() -> ml_collections.ConfigDict:
                   attention_impl="auto", remat_policy="dots_no_batch", seg_probe_heads="mean",
                   lora=dict(rank=8, alpha=16.0, dropout=0.05, targets=r".*/(q_proj|v_proj)")),
         seg_head=dict(variant="swin-b", dtype="bfloat16", param_dtype="float32",
-                      # remat: recompute each deformable encoder layer in the backward
-                      # (at batch 4: 38.3 -> 18.0 GiB of temporaries; experiments/RESULTS.md).
-                      pixel_decoder=dict(remat=True)),
+                      # remat "layer": recompute each deformable encoder layer in the
+                      # backward (at batch 4: 38.3 -> 18.0 GiB of temporaries, and faster
+                      # than "none" or "sampling" on the CPU; experiments/RESULTS.md).
+                      pixel_decoder=dict(remat="layer")),
     ))
     # Converted weights (convert.mipha / convert.mask2former outputs), or one full SegEarth-R2
     # checkpoint (convert.segearth_r2 output or a previous export).

@@ -120,7 +120,7 @@ def run_predict(config, new_tokens: int) -> dict:
 def run_train(config) -> dict:
     config.data.batch_size = 1
     config.model.mllm.remat_policy = "full"
-    config.model.seg_head.pixel_decoder.remat = True
+    config.model.seg_head.pixel_decoder.remat = "layer"
     trainer = Trainer(config)
     state, frozen = trainer.init(0)
     batch = trainer.global_batch(random_batch(config))

@@ -158,7 +158,8 @@ def test_pixel_decoder_matches_hf(grid):
 
 
 def test_encoder_remat_gives_the_same_outputs_and_gradients():
-    """`remat=True` recomputes the deformable layers in the backward: same values (fp32)."""
+    """`remat="layer"` (each deformable layer recomputed in the backward) and `"sampling"` (only
+    its bilinear sampling recomputed): the values and gradients of no remat (fp32)."""
     rng = np.random.default_rng(5)
     h, w = 12, 20
     cfg = PixelDecoderConfig.from_variant("tiny")
@@ -173,13 +174,18 @@ def test_encoder_remat_gives_the_same_outputs_and_gradients():
         mask, maps = model.apply({"params": p}, feats)
         return jnp.sum(mask ** 2) + sum(jnp.sum(jnp.sin(m)) for m in maps)
 
-    plain, g_plain = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, False)
-    remat, g_remat = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, True)
-    assert abs(float(plain) - float(remat)) <= TOL * max(1.0, abs(float(plain)))
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    plain, g_plain = grad(params, "none")
     enc = g_plain["encoder"]["layers"]["self_attn"]["sampling_offsets"]["kernel"]
     assert float(jnp.max(jnp.abs(enc))) > 0  # the gradient reaches the deformable sampling
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
-        assert float(jnp.max(jnp.abs(a - b))) <= TOL
+    for remat in ("layer", "sampling"):
+        value, g = grad(params, remat)
+        assert abs(float(plain) - float(value)) <= TOL * max(1.0, abs(float(plain))), remat
+        for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g), strict=True):
+            assert float(jnp.max(jnp.abs(a - b))) <= TOL, remat
+    assert PixelDecoderConfig(remat=True).remat == "layer"
+    with pytest.raises(ValueError, match="remat"):
+        PixelDecoderConfig(remat="everything")
 
 
 def test_simplify_fpn_matches_hf_with_mask2former_simplify_convs():

@@ -97,6 +97,9 @@ class MSDeformAttn(nn.Module):
     num_heads: int = 8
     num_levels: int = 4
     num_points: int = 4
+    # Recompute the bilinear sampling (its corner gathers) in the backward pass instead of
+    # keeping the gathered corner values: [B, H, Q * P, Dh] x 4 corners x levels.
+    remat_sampling: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -134,5 +137,8 @@ class MSDeformAttn(nn.Module):
         normalizer = jnp.array([(w, h) for h, w in spatial_shapes], jnp.float32)  # [L, 2]
         locations = (reference_points.astype(jnp.float32)[:, :, None, :, None, :]
                      + offsets / normalizer[None, None, None, :, None, :])
-        out = multi_scale_deformable_attention(value, tuple(spatial_shapes), locations, weights)
+        sample = multi_scale_deformable_attention
+        if self.remat_sampling:
+            sample = jax.checkpoint(sample, static_argnums=(1,), prevent_cse=False)
+        out = sample(value, tuple(spatial_shapes), locations, weights)
         return dense(self.d_model, "output_proj", **xavier)(out)

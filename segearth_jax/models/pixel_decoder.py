@@ -45,6 +45,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+REMAT = ("none", "layer", "sampling")
+
+
 @dataclasses.dataclass(frozen=True)
 class PixelDecoderConfig:
     in_channels: tuple[int, ...] = (128, 256, 512, 1024)  # res2..res5, finest first.
@@ -61,11 +64,20 @@ class PixelDecoderConfig:
     # The official SegEarth-R2 uses Mask2Former-Simplify's FPN: its convs have a bias and the
     # lateral `adapter_k` ends in a ReLU. False: detectron2's Mask2Former (the paper's).
     simplify_fpn: bool = False
-    # Rematerialize each deformable encoder layer in the backward pass instead of keeping its
-    # activations (at 1024 input, 6 layers keep ~21 GiB, most of it the bilinear corner values).
-    remat: bool = False
+    # What the deformable encoder recomputes in the backward pass instead of keeping (at 1024
+    # input its 6 layers keep ~21 GiB, most of it the bilinear corner values): "none"; "layer":
+    # each whole encoder layer (`nn.remat`); "sampling": only the bilinear sampling (the corner
+    # gathers, `jax.checkpoint`), the projections and the FFN keep their activations.
+    # (True / False are read as "layer" / "none".)
+    remat: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        remat = {True: "layer", False: "none"}.get(self.remat, self.remat)
+        if remat not in REMAT:
+            raise ValueError(f"pixel decoder remat={self.remat!r}: one of {REMAT}")
+        object.__setattr__(self, "remat", remat)
 
     @classmethod
     def from_variant(cls, name: str, **overrides: Any) -> PixelDecoderConfig:
@@ -131,7 +143,8 @@ class EncoderLayer(nn.Module):
         reference_points = jnp.broadcast_to(
             reference_points, (x.shape[0],) + reference_points.shape[1:])
         attn = MSDeformAttn(cfg.conv_dim, cfg.num_heads, cfg.num_levels, cfg.num_points,
-                            dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="self_attn")
+                            remat_sampling=cfg.remat == "sampling", dtype=cfg.dtype,
+                            param_dtype=cfg.param_dtype, name="self_attn")
         x = norm("norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
                                    padding_mask))
         h = dense(cfg.conv_dim, "linear2")(nn.relu(dense(cfg.ffn_dim, "linear1")(x)))
@@ -140,7 +153,7 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """`encoder_layers` EncoderLayers, scanned: parameters stacked on axis 0 (`layers/...`);
-    each layer rematerialized in the backward pass when `config.remat`."""
+    each layer rematerialized in the backward pass when `config.remat` is "layer"."""
 
     config: PixelDecoderConfig
     spatial_shapes: tuple[tuple[int, int], ...]
@@ -148,7 +161,8 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pos: jax.Array, reference_points: jax.Array,
                  padding_mask: jax.Array | None = None) -> jax.Array:
-        layer = nn.remat(EncoderLayer, prevent_cse=False) if self.config.remat else EncoderLayer
+        layer = (nn.remat(EncoderLayer, prevent_cse=False) if self.config.remat == "layer"
+                 else EncoderLayer)
         layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                          length=self.config.encoder_layers)
