@@ -49,7 +49,8 @@ PY
 tests() {
   setup
   # One worker per core; each test file stays on one worker (module fixtures train models once).
-  python -m pytest -q -n auto --dist loadfile tests "$@"
+  # The slowest tests are listed at the end (CI's wall time is watched).
+  python -m pytest -q -n auto --dist loadfile --durations=15 tests "$@"
 }
 
 case "${1:-}" in
