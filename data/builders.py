@@ -64,11 +64,13 @@ def features() -> tfds.features.FeaturesDict:
     })
 
 
-def make_example(record: Record, *, allow_no_target: bool = False) -> dict[str, Any]:
+def make_example(record: Record, *, allow_no_target: bool = False,
+                 allow_empty_mask: bool = False) -> dict[str, Any]:
     """Loads and validates one record (BadInput if anything is wrong) -> a FEATURES dict."""
     image = load_image(record.image_path, record.id)
     masks = None if record.masks is None else record.masks()
-    check_example(record, image, masks, allow_no_target=allow_no_target)
+    check_example(record, image, masks, allow_no_target=allow_no_target,
+                  allow_empty_mask=allow_empty_mask)
     h, w = image.shape[:2]
     ok, png = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))  # RGB -> BGR
     if not ok:
@@ -91,7 +93,9 @@ def make_example(record: Record, *, allow_no_target: bool = False) -> dict[str, 
 def generate_examples(reader: str, root: str | os.PathLike, split: str, report: SkipReport, *,
                       allow_no_target: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key = record id, example) for every valid record of `readers.READERS[reader]`; invalid
-    ones go through `report` (raise or count)."""
+    ones go through `report` (raise or count). A record with an empty GT mask is kept in an
+    evaluation split (the metrics score it) and skipped, counted, in the training split
+    whatever the policy (released sets such as RRSIS-D have some)."""
     seen: set[str] = set()
     for record in readers.READERS[reader](root, split, report):
         if record.id in seen:
@@ -99,7 +103,14 @@ def generate_examples(reader: str, root: str | os.PathLike, split: str, report: 
                                    "duplicate_id"))
             continue
         seen.add(record.id)
-        example = report.run(make_example, record, allow_no_target=allow_no_target)
+        try:
+            example = report.run(make_example, record, allow_no_target=allow_no_target,
+                                 allow_empty_mask=split != "train")
+        except BadInput as e:
+            if e.kind != "empty_mask":
+                raise
+            report.skip(e)
+            continue
         if example is not None:
             report.kept += 1
             yield record.id, example

@@ -207,7 +207,9 @@ def write_rrsisd(root: Path) -> dict[str, list[Expected]]:
     ], protocol=2))
 
     def exp(rid, path, image, expr, mask):
-        return Expected(rid, str(path), *_refer(expr), "rrsisd", str(refs), image, mask[None])
+        # The record's source is instances.json (where its mask is, so mask errors name it).
+        return Expected(rid, str(path), *_refer(expr), "rrsisd", str(instances), image,
+                        mask[None])
 
     return {
         "train": [exp("0_0", img_dir / "00001.jpg", im1, "the large building", m10),

@@ -245,9 +245,6 @@ BAD_CASES = {
     "mask size != image size": (
         lambda r: _lasers_entry(r, mask=[fx.rle(fx.rect(0, 5, 0, 5, h=fx.H + 1))]),
         "mask_shape", "21x30 (HxW) but image"),
-    "empty mask": (
-        lambda r: _lasers_entry(r, mask=[fx.rle(np.zeros((fx.H, fx.W), np.uint8))]),
-        "empty_mask", "no foreground"),
     "answer without [SEG]": (
         lambda r: _lasers_entry(r, answer="It is the building.", mask=[]), "no_seg",
         "answer has no [SEG]"),
@@ -569,3 +566,44 @@ def test_load_image_and_json_garbage(data):
             readers.load_json(path)
         except BadInput as e:
             assert e.record_id is None and e.kind == "bad_file"
+
+
+def test_empty_gt_mask_kept_for_evaluation_skipped_for_training(tmp_path):
+    """An empty GT mask (RRSIS-D's release has some): an evaluation split keeps the record (every
+    published metric scores it); the training split skips it with a count, under either policy,
+    naming instances.json, where the mask is."""
+    fx.write_rrsisd(tmp_path)
+    inst = tmp_path / "rrsisd" / "instances.json"
+    coco = json.loads(inst.read_text())
+    empty = fx.rle(np.zeros((fx.H, fx.W), np.uint8))
+    coco["annotations"][0]["segmentation"] = [empty]  # ref 0: train, 2 sentences
+    coco["annotations"][2]["segmentation"] = [empty]  # ref 2: test
+    inst.write_text(json.dumps(coco))
+    (key, example), = builders.generate_examples("rrsisd", tmp_path, "test", SkipReport())
+    assert key == "2_0" and example["masks"].shape == (1, fx.H, fx.W)
+    assert not example["masks"].any()
+    for policy in ("raise", "skip"):
+        report = SkipReport(policy)
+        assert list(builders.generate_examples("rrsisd", tmp_path, "train", report)) == []
+        assert dict(report.counts) == {"empty_mask": 2} and report.kept == 0
+        assert str(inst) in report.messages[0] and "no foreground" in report.messages[0]
+
+
+def test_earthreason_nested_split_folder_and_skips_counted_per_question(tmp_path):
+    """The release unpacks val as val/val/: read as val/. A bad triple costs one example per
+    question of its QAs file (e1 has 2), not one per file."""
+    expected = fx.write_earthreason(tmp_path)
+    (tmp_path / "val").rename(tmp_path / "val_tmp")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val_tmp").rename(tmp_path / "val" / "val")
+    assert [r.id for r in readers.read_earthreason(tmp_path, "val")] == \
+        [e.id for e in expected["val"]]
+    (tmp_path / "train" / "labels" / "e1.png").unlink()
+    report = SkipReport("skip")
+    ids = [r.id for r in readers.read_earthreason(tmp_path, "train", report)]
+    assert ids == ["e2_0", "e3_0"] and dict(report.counts) == {"unpaired": 2}
+    qa = tmp_path / "train" / "QAs" / "e2.json"
+    qa.write_text(json.dumps({"questions": ["a?", "b?", "c?"], "answer": ["[SEG] [SEG]"]}))
+    report = SkipReport("skip")
+    assert [r.id for r in readers.read_earthreason(tmp_path, "train", report)] == ["e3_0"]
+    assert dict(report.counts) == {"unpaired": 2, "mask_count": 3}

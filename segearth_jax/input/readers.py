@@ -312,8 +312,9 @@ def _rrsisd_records(ref, index: int, refs_path: Path, inst_path: Path, image_dir
             raise BadInput(source, f"{rid}_{s_idx}", "sentence must be a dict with a non-empty "
                            f"'raw' or 'sent', got {_short(sent)}")
         sid = f"{rid}_{s_idx}"
+        # Its source is instances.json: what can still fail once the record exists is its mask.
         records.append(_referring_record(
-            sid, image_dir / file_name, text, "rrsisd", source,
+            sid, image_dir / file_name, text, "rrsisd", str(inst_path),
             functools.partial(_rrsisd_masks, ann, h, w, sid, str(inst_path))))
     return records
 
@@ -451,7 +452,10 @@ def read_earthreason(root: str | os.PathLike, split: str,
                      report: SkipReport | None = None) -> Iterator[Record]:
     """EarthReason: `{split}/images/*`, `{split}/labels/*.png` (nonzero = fg),
     `{split}/QAs/*.json` {"questions": [...], "answer": [...]}, paired by file stem (a stem
-    missing from one folder is BadInput). One Record per question, id "<stem>_<q>".
+    missing from one folder is BadInput). One Record per question, id "<stem>_<q>" (evaluations
+    that score one question per image keep the first: `evaluate`'s `questions="first"`). The
+    release's nested `{split}/{split}/` folder (e.g. `val/val/images`) is accepted as well. A
+    bad image/label/QAs triple is skipped as one example per question of its QAs file.
 
     Answer = answer[0] with " [SEG]" appended if it has none (REASON_ANSWER); an empty answer
     list is a no-target sample: NO_TARGET_ANSWER (no [SEG]), masks [0, H, W], label all zero.
@@ -459,15 +463,33 @@ def read_earthreason(root: str | os.PathLike, split: str,
     report = _report(report)
     base = Path(root) / split
     folders = {"images": None, "labels": (".png",), "QAs": (".json",)}
+    if not (base / "images").is_dir() and (base / split / "images").is_dir():
+        base = base / split  # the released val set unpacks as val/val/
     for name in folders:
         _require_dir(base / name, f"{split}/images, {split}/labels and {split}/QAs")
     found = {name: _by_stem(base / name, suffixes) for name, suffixes in folders.items()}
     for stem in sorted(set().union(*found.values())):
-        yield from report.run(_earthreason_records, stem, found, base) or ()
+        yield from report.run(_earthreason_records, stem, found) or ()
 
 
-def _earthreason_records(stem: str, found: dict[str, dict[str, list[Path]]],
-                         base: Path) -> list[Record]:
+def _question_count(found: dict[str, dict[str, list[Path]]], stem: str) -> int:
+    """The questions of `stem`'s QAs file (the examples it would give), 1 if unreadable."""
+    try:
+        questions = json.loads(found["QAs"][stem][0].read_bytes()).get("questions")
+    except Exception:  # noqa: BLE001 - only a count for the skip report
+        return 1
+    return len(questions) if isinstance(questions, list) and questions else 1
+
+
+def _earthreason_records(stem: str, found: dict[str, dict[str, list[Path]]]) -> list[Record]:
+    try:
+        return _earthreason_triple(stem, found)
+    except BadInput as e:
+        e.examples = _question_count(found, stem) if stem in found["QAs"] else 1
+        raise
+
+
+def _earthreason_triple(stem: str, found: dict[str, dict[str, list[Path]]]) -> list[Record]:
     for name, files in found.items():
         if len(files.get(stem, ())) > 1:
             raise BadInput(files[stem][0], stem, f"{len(files[stem])} files in {name}/ share this "

@@ -43,21 +43,24 @@ KINDS = {
 
 
 class BadInput(ValueError):
-    """Malformed input. `str(e)` is "<file>: record <id>: <problem>" (or "(whole file)")."""
+    """Malformed input. `str(e)` is "<file>: record <id>: <problem>" (or "(whole file)").
+    `examples`: how many examples it costs when skipped (an EarthReason QAs file holds one per
+    question)."""
 
     def __init__(self, file: str | os.PathLike, record_id: str | None, problem: str,
-                 kind: str = "bad_annotation"):
+                 kind: str = "bad_annotation", examples: int = 1):
         if kind not in KINDS:
             raise ValueError(f"unknown BadInput kind {kind!r}; one of {sorted(KINDS)}")
         self.file = os.fspath(file)
         self.record_id = record_id
         self.problem = problem
         self.kind = kind
+        self.examples = examples
         where = "(whole file)" if record_id is None else f"record {record_id}"
         super().__init__(f"{self.file}: {where}: {problem}")
 
     def __reduce__(self):
-        return BadInput, (self.file, self.record_id, self.problem, self.kind)
+        return BadInput, (self.file, self.record_id, self.problem, self.kind, self.examples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,10 +278,11 @@ def decode_rle(rle: Any, record_id: str | None, source: str | os.PathLike) -> np
 # ----------------------------------------------------------------------------- validation
 
 def check_example(record: Record, image: np.ndarray, masks: np.ndarray | None, *,
-                  allow_no_target: bool = False) -> None:
+                  allow_no_target: bool = False, allow_empty_mask: bool = False) -> None:
     """Raises BadInput unless: the answer has >= 1 `[SEG]` (0 allowed with `allow_no_target`,
     EarthReason's no-target samples); masks (if any) are uint8 0/1 [N, H, W] with N = number of
-    `[SEG]` and H, W the image's; every mask has a foreground pixel."""
+    `[SEG]` and H, W the image's; every mask has a foreground pixel (unless `allow_empty_mask`:
+    evaluation splits keep such records, which every published metric scores)."""
     n = record.n_targets
     if n == 0 and not allow_no_target:
         raise BadInput(record.source, record.id, f"answer has no {SEG}: {_short(record.answer)}",
@@ -299,7 +303,7 @@ def check_example(record: Record, image: np.ndarray, masks: np.ndarray | None, *
         raise BadInput(record.source, record.id, f"mask values must be 0/1, found {masks.max()}",
                        "bad_rle")
     empty = [i for i in range(n) if not masks[i].any()]
-    if empty:
+    if empty and not allow_empty_mask:
         raise BadInput(record.source, record.id, f"mask(s) {empty} (in {SEG} order) have no "
                        "foreground pixel", "empty_mask")
 
@@ -334,7 +338,14 @@ class SkipReport:
         if error.record_id is None:
             self.whole_files.append(error.file)
         else:
-            self.counts[error.kind] += 1
+            self.counts[error.kind] += error.examples
+        if len(self.messages) < self.keep:
+            self.messages.append(str(error))
+
+    def skip(self, error: BadInput) -> None:
+        """Counts `error` as skipped whatever the policy (an expected gap in released data,
+        such as an empty mask in a training split)."""
+        self.counts[error.kind] += error.examples
         if len(self.messages) < self.keep:
             self.messages.append(str(error))
 
