@@ -64,6 +64,11 @@ def base() -> ml_collections.ConfigDict:
         cpu_collectives="gloo"))
     # Test hooks: log the record indices of every step; SIGKILL the run after a checkpoint.
     c.debug = ml_collections.ConfigDict(dict(log_data_order=False, sigkill_after_step=0))
+    # mode: "teacher_forced" (prompt + GT answer, the official protocol), "generate", or
+    # "auto": teacher-forced for the segearth_r2 preset (the paper's numbers), else generate.
+    # questions: "all" (every question of an image), "first" (one per image, the SegEarth-R1
+    # EarthReason protocol), or "auto": "first" for the segearth_r1 preset, else "all".
     c.eval = ml_collections.ConfigDict(dict(
-        preset="segearth_r2", batch_size=4, max_new_tokens=128, temperature=0.0))
+        preset="segearth_r2", mode="auto", questions="auto", batch_size=4, max_new_tokens=128,
+        temperature=0.0))
     return c

@@ -31,5 +31,7 @@ def get_config(arg=None):
     c.total_steps = 300
     c.log_every = 25
     c.checkpoint.update(dict(every=100, keep=2))
-    c.eval.update(dict(batch_size=8, max_new_tokens=96))
+    # The demo evaluates the whole path, generation included (the paper's protocol:
+    # --mode teacher_forced).
+    c.eval.update(dict(batch_size=8, max_new_tokens=96, mode="generate"))
     return c

@@ -1,15 +1,26 @@
 """Evaluation: `python -m segearth_jax.evaluate --config configs/X.py --checkpoint DIR
-[--split test] [--preset segearth_r2] [--out DIR]`.
+[--split test] [--preset segearth_r2] [--mode teacher_forced|generate] [--out DIR]`.
 
-Generates each answer greedily (deterministic), segments one mask per generated `[SEG]`, maps the
-masks back to the original image size and scores them against the ground truth with a named
-metric preset (`segearth_jax.metrics.PRESETS`). Prints one row per subset plus the average (the
-layout of the paper's Table 2) and writes `eval_<split>_<preset>.{md,json}`. A record that fails
-is listed in the report, never scored silently.
+Two protocols (`--mode`, config `eval.mode`):
+- `teacher_forced`, the official SegEarth-R2 evaluation (its `eval.py`, following MMR): no text
+  is generated; one forward over the prompt + the ground-truth answer, and one mask per GT
+  `[SEG]`, its query the hidden state at that position. This is how the paper's numbers were
+  made, so it is the `segearth_r2` preset's default (`eval.mode="auto"`).
+- `generate`: each answer is generated greedily (deterministic), one mask per generated `[SEG]`
+  (the preset's rule matches the count to the GT's). The report adds, per subset, the `[SEG]`
+  emission counts (answers with as many `[SEG]` as GT masks / fewer / more / none), so low
+  scores can be told apart: text side or mask side.
+The masks are mapped back to the original image size and scored against the ground truth with a
+named metric preset (`segearth_jax.metrics.PRESETS`). Prints one row per subset plus the average
+(the layout of the paper's Table 2) and writes `eval_<split>_<preset>.{md,json}` (the JSON has
+`"mode"`) and `eval_<split>_<preset>_records.jsonl` (one line per record: its IoUs, and in
+generate mode the answer and its `[SEG]` count). A record that fails is listed in the report,
+never scored silently.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,24 +36,86 @@ from ml_collections import config_flags
 from segearth_jax import metrics
 from segearth_jax.generate import SegEarthPredictor, masks_to_image
 
+MODES = ("teacher_forced", "generate")
+# Which questions of an image are scored: "all" (one example per question, as we build them), or
+# "first" (the first question of each image only: the SegEarth-R1 evaluation of EarthReason,
+# 1,928 test images rather than ~11.5k questions).
+QUESTIONS = ("all", "first")
+
+
+class _Subset:
+    """The records of `source` at `indices`, re-indexed from 0 (a random-access source)."""
+
+    def __init__(self, source: Any, indices: list[int]):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[self.indices[int(i)]]
+
+    def __repr__(self) -> str:
+        return f"_Subset({self.source!r}, {len(self.indices)} records)"
+
+
+def first_question_per_image(source: Any) -> list[int]:
+    """Indices of the first record (in source order) of each distinct `image_name`."""
+    seen, keep = set(), []
+    for i in range(len(source)):
+        name = _str(source[i]["image_name"])
+        if name not in seen:
+            seen.add(name)
+            keep.append(i)
+    return keep
+
+
+def resolve_questions(questions: str | None, preset: str) -> str:
+    """`questions` ("auto" or None: "first" for the `segearth_r1` preset, the official
+    EarthReason protocol; "all" otherwise) -> one of QUESTIONS."""
+    if questions in (None, "", "auto"):
+        return "first" if preset == "segearth_r1" else "all"
+    if questions not in QUESTIONS:
+        raise ValueError(f"eval questions {questions!r}: one of {QUESTIONS} or 'auto'")
+    return questions
+
 
 def _str(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def resolve_mode(mode: str | None, preset: str) -> str:
+    """`mode` ("auto" or None: teacher-forced for the `segearth_r2` preset, whose published
+    numbers were made that way; generate otherwise) -> one of MODES."""
+    if mode in (None, "", "auto"):
+        return "teacher_forced" if preset == "segearth_r2" else "generate"
+    if mode not in MODES:
+        raise ValueError(f"eval mode {mode!r}: one of {MODES} or 'auto'")
+    return mode
+
+
 def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
              split: str | None = None, preset: str | None = None, out: str | Path | None = None,
-             limit: int | None = None) -> dict[str, Any]:
-    """Scores `checkpoint_dir` on `split` of `config.data.name`; returns the summary dict."""
+             limit: int | None = None, mode: str | None = None,
+             questions: str | None = None) -> dict[str, Any]:
+    """Scores `checkpoint_dir` on `split` of `config.data.name`; returns the summary dict (with
+    `"mode"`, the protocol used, and `"questions"`, which questions of an image were scored)."""
     from segearth_jax.input import pipeline
     from segearth_jax.input.sources import open_source
 
     split = split or config.data.eval_split
     preset = preset or config.eval.preset
+    if preset not in metrics.PRESETS:
+        raise ValueError(f"metric preset {preset!r}: one of {sorted(metrics.PRESETS)}")
+    mode = resolve_mode(mode or config.eval.get("mode", "auto"), preset)
+    forced = mode == "teacher_forced"
     evaluator = metrics.Evaluator(metrics.PRESETS[preset])
     predictor = SegEarthPredictor(checkpoint_dir, max_new_tokens=config.eval.max_new_tokens,
                                   temperature=config.eval.temperature, seed=config.seed)
+    questions = resolve_questions(questions or config.eval.get("questions", "auto"), preset)
     source = open_source(config.data, split)
+    if questions == "first":
+        source = _Subset(source, first_question_per_image(source))
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.batch_size = config.eval.batch_size
@@ -50,25 +123,36 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
     shards = grain.sharding.ShardByJaxProcess(drop_remainder=False)
     loader = pipeline.make_loader(source, predictor.tokenizer, data_cfg, train=False,
                                   seed=config.seed, num_epochs=1, shard_options=shards,
-                                  worker_count=config.data.worker_count, drop_remainder=False)
+                                  worker_count=config.data.worker_count, drop_remainder=False,
+                                  teacher_forced=forced)
     n_total = len(source) if limit is None else min(limit, len(source))
     n_done, t0 = 0, time.time()
     canvas = data_cfg.image_size
+    records = []
     for batch in loader:
         b = len(batch["record_index"])
         padded = _pad_batch(batch, config.eval.batch_size)
-        results = predictor.predict(padded)[:b]
+        run = predictor.teacher_forced if forced else predictor.predict
+        results = run(padded)[:b]
         for i, res in enumerate(results):
             idx = int(batch["record_index"][i])
             rec = source[idx]
             rid, subset = _str(rec["id"]), _str(rec["subset"])
+            line: dict[str, Any] = dict(id=rid, subset=subset)
+            if not forced:
+                emitted = int(np.sum(res["tokens"] == predictor.seg_id))
+                line.update(answer=res["answer"], n_seg_emitted=emitted)
             try:
                 gt = np.asarray(rec["masks"]).astype(bool)
                 hw = tuple(int(x) for x in batch["image_hw"][i])
                 pred = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]), hw, canvas)
-                evaluator.add(rid, [subset], pred, gt)
+                line["iou"] = evaluator.add(rid, [subset], pred, gt,
+                                            None if forced else line["n_seg_emitted"])
+                line["n_gt"] = int(gt.shape[0])
             except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
                 evaluator.failed(rid, f"{type(e).__name__}: {e}")
+                line["error"] = f"{type(e).__name__}: {e}"
+            records.append(line)
         n_done += b
         rate = n_done / max(time.time() - t0, 1e-9)
         if jax.process_index() == 0:
@@ -78,17 +162,22 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
             break
     print(file=sys.stderr if jax.process_index() else sys.stdout)
     out = Path(out) if out else Path(checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"eval_{split}_{preset}"
+    part = "" if jax.process_count() == 1 else f".{jax.process_index()}"
+    Path(f"{stem}_records{part}.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records))
     if jax.process_count() > 1:
         evaluator = _merge_processes(evaluator, out)
-    summary = evaluator.summary()
-    title = f"{config.data.name} {split}"
+    summary = {"mode": mode, "questions": questions, **evaluator.summary()}
+    title = (f"{config.data.name} {split}, {mode.replace('_', '-')}"
+             + (", first question per image" if questions == "first" else ""))
     if jax.process_index() == 0:
-        print(evaluator.markdown(title))
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"eval_{split}_{preset}"
-        evaluator.to_markdown(stem.with_suffix(".md"), title)
-        evaluator.to_json(stem.with_suffix(".json"))
-        print(f"wrote {stem}.md and {stem}.json")
+        report = evaluator.markdown(title)
+        print(report)
+        (stem.parent / f"{stem.name}.md").write_text(report)
+        (stem.parent / f"{stem.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {stem}.md and {stem}.json ({mode})")
     return summary
 
 
@@ -153,6 +242,12 @@ def define_flags() -> None:
     flags.DEFINE_string("preset", None, f"metric preset: {sorted(metrics.PRESETS)}")
     flags.DEFINE_string("out", None, "where the report goes (default: the checkpoint directory)")
     flags.DEFINE_integer("limit", None, "evaluate only the first N records")
+    flags.DEFINE_enum("mode", None, [*MODES, "auto"], "teacher_forced: one forward over prompt + "
+                      "GT answer (the official protocol); generate: generated answers "
+                      "(default: config.eval.mode)")
+    flags.DEFINE_enum("questions", None, [*QUESTIONS, "auto"], "all: every question of an image; "
+                      "first: its first question only (the SegEarth-R1 EarthReason protocol) "
+                      "(default: config.eval.questions)")
 
 
 def main(argv: list[str]) -> None:
@@ -161,7 +256,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.config is None or FLAGS.checkpoint is None:
         raise app.UsageError("--config and --checkpoint are required")
     evaluate(FLAGS.config, FLAGS.checkpoint, split=FLAGS.split, preset=FLAGS.preset,
-             out=FLAGS.out, limit=FLAGS.limit)
+             out=FLAGS.out, limit=FLAGS.limit, mode=FLAGS.mode, questions=FLAGS.questions)
 
 
 if __name__ == "__main__":

@@ -162,6 +162,20 @@ class SegEarthPredictor:
         self._encode = jax.jit(lambda p, x: m.apply({"params": p}, x, method=m.encode_images))
         self._segment = jax.jit(lambda p, px, h, v: m.apply({"params": p}, px, h, v,
                                                             method=m.segment)[-1])
+        # One forward over prompt + answer (the lm_head's logits are unused and compiled away).
+        self._forced = jax.jit(lambda p, ids, sp, px, pos, v: m.apply(
+            {"params": p}, ids, sp, px, pos, v)["mask_logits"][-1])
+
+    def teacher_forced(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """The official evaluation: no generation; one forward over prompt + GT answer (the
+        teacher-forced eval batch of `segearth_jax.input.pipeline`) and one mask per GT `[SEG]`,
+        its query the hidden state at that position. -> per image: mask_logits [n, S/4, S/4]
+        (canvas grid, float32) for its n GT `[SEG]`s."""
+        keys = ("input_ids", "siglip_pixels", "pixels", "seg_positions", "seg_valid")
+        args = self._shard({k: batch[k] for k in keys})
+        logits = np.asarray(self._forced(self.params, *(args[k] for k in keys)), np.float32)
+        n = np.asarray(batch["seg_valid"]).sum(axis=1)
+        return [dict(mask_logits=logits[i, :n[i]]) for i in range(len(logits))]
 
     def predict(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """-> per image: answer (str), tokens [n], seg_index [Q] (position of each `[SEG]` in
@@ -197,7 +211,8 @@ class SegEarthPredictor:
     def _shard(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """The model inputs of `batch` split over the devices along the batch axis (when the
         batch divides evenly; otherwise replicated)."""
-        keys = ("siglip_pixels", "pixels", "input_ids", "attention_mask")
+        keys = [k for k in ("siglip_pixels", "pixels", "input_ids", "attention_mask",
+                            "seg_positions", "seg_valid") if k in batch]
         n = len(batch["input_ids"])
         put = lambda v: jax.device_put(v, sharding.batch_sharding(self.mesh, v.ndim)
                                        if n % self.mesh.size == 0

@@ -156,6 +156,8 @@ def _metrics(units: list[float], i_sum: int, u_sum: int, preset: Preset) -> dict
 
 
 METRIC_KEYS = ("gIoU", "cIoU") + tuple(f"Pr@{t}" for t in THRESHOLDS)
+# How a generated answer's `[SEG]` count compares with the record's GT mask count.
+EMISSION = ("equal", "fewer", "more", "none")
 
 
 class Evaluator:
@@ -174,6 +176,7 @@ class Evaluator:
         self._u: list[np.ndarray] = []
         self._failures: list[tuple[str, str, tuple[str, ...]]] = []
         self._seen: set[tuple[str, str]] = set()
+        self._emitted: list[int] = []  # `[SEG]`s the model emitted per record, -1: not given.
 
     def _check_new(self, record_id: str, subsets: Sequence[str],
                    pending: Collection[tuple[str, str]] = ()) -> tuple[str, ...]:
@@ -189,16 +192,22 @@ class Evaluator:
             raise ValueError(f"record {record_id!r} was already scored in subset(s) {again}")
         return subsets
 
-    def _append(self, record_id: str, subsets: tuple[str, ...], i: np.ndarray, u: np.ndarray):
+    def _append(self, record_id: str, subsets: tuple[str, ...], i: np.ndarray, u: np.ndarray,
+                emitted: int = -1):
         self._seen.update((record_id, s) for s in subsets)
         self._ids.append(record_id)
         self._subsets.append(subsets)
         self._i.append(i)
         self._u.append(u)
+        self._emitted.append(int(emitted))
 
     def add(self, record_id: str, subsets: Sequence[str], pred_masks: np.ndarray,
-            gt_masks: np.ndarray) -> None:
-        """Scores predicted [M, H, W] against GT [N, H, W] bool masks at original resolution."""
+            gt_masks: np.ndarray, n_emitted: int | None = None) -> list[float]:
+        """Scores predicted [M, H, W] against GT [N, H, W] bool masks at original resolution;
+        returns the record's IoU units (one per GT mask, or one per sample, as the preset
+        says). `n_emitted`: the `[SEG]`s the model generated for it (M may differ: the answer
+        may hold more `[SEG]`s than the model segments), counted per subset in the summary's
+        `seg_emission` (equal / fewer / more / none against the N GT masks)."""
         pred = _as_masks(pred_masks, "pred_masks", record_id)
         gt = _as_masks(gt_masks, "gt_masks", record_id)
         if pred.shape[1:] != gt.shape[1:]:
@@ -211,7 +220,8 @@ class Evaluator:
         pred = match_counts(pred, gt.shape[0])
         i, u = intersection_union(to_space(pred, self.preset.space),
                                   to_space(gt, self.preset.space))
-        self._append(record_id, subsets, i, u)
+        self._append(record_id, subsets, i, u, -1 if n_emitted is None else n_emitted)
+        return self._units(len(self._ids) - 1)
 
     def failed(self, record_id: str, error: str | BaseException,
                subsets: Sequence[str] = ()) -> None:
@@ -238,6 +248,9 @@ class Evaluator:
             row["n_samples"] = len(ks)
             row["n_masks"] = sum(len(self._i[k]) for k in ks)
             row["n_failed"] = sum(name in ss for *_, ss in self._failures)
+            emission = self._emission(ks)
+            if emission is not None:
+                row["seg_emission"] = emission
             subsets[name] = row
         scored = [r for r in subsets.values() if r["n_samples"]]
         average: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
@@ -261,6 +274,17 @@ class Evaluator:
                          for r, e, ss in sorted(self._failures)],
         }
 
+    def _emission(self, ks: Sequence[int]) -> dict[str, int] | None:
+        """Records of `ks` by emitted `[SEG]` count vs GT mask count; None if none was given."""
+        given = [k for k in ks if self._emitted[k] >= 0]
+        if not given:
+            return None
+        out = dict.fromkeys(EMISSION, 0)
+        for k in given:
+            e, n = self._emitted[k], len(self._i[k])
+            out["none" if e == 0 else "equal" if e == n else "fewer" if e < n else "more"] += 1
+        return out
+
     def markdown(self, title: str = "Evaluation") -> str:
         """A table like the paper's Table 2: rows = subsets + average, values in percent."""
         s = self.summary()
@@ -278,6 +302,14 @@ class Evaluator:
 
         lines += [fmt(row, name) for name, row in s["subsets"].items()]
         lines.append(fmt(s["average"], "average"))
+        emission = {n: r["seg_emission"] for n, r in s["subsets"].items() if "seg_emission" in r}
+        if emission:
+            lines += ["", "`[SEG]` emission: answers with as many `[SEG]` as GT masks, fewer (but "
+                      "some), more, or none (low scores with few `equal` come from the text side).",
+                      "", "| subset | " + " | ".join(EMISSION) + " |",
+                      "|---" * (len(EMISSION) + 1) + "|"]
+            lines += [f"| {n} | " + " | ".join(str(e[k]) for k in EMISSION) + " |"
+                      for n, e in emission.items()]
         if s["failures"]:
             lines += ["", f"{len(s['failures'])} failed record(s), not scored:"]
             lines += [f"- `{f['record_id']}`: {f['error']}" for f in s["failures"]]
@@ -301,6 +333,7 @@ class Evaluator:
             "masks_per_record": np.array([len(i) for i in self._i], np.int64),
             "intersection": np.concatenate(self._i) if self._i else np.zeros(0, np.int64),
             "union": np.concatenate(self._u) if self._u else np.zeros(0, np.int64),
+            "emitted": np.array(self._emitted, np.int64),
             "failures": [[r, e, list(ss)] for r, e, ss in self._failures],
         }
 
@@ -321,11 +354,12 @@ class Evaluator:
                                  f"{len(st['record_ids'])} records, {len(counts)} counts, "
                                  f"{counts.sum()} masks, {len(inter)} I, {len(union)} U")
             ends = np.cumsum(counts)
+            emitted = np.asarray(st.get("emitted", np.full(len(counts), -1)), np.int64)
             for k, rid in enumerate(st["record_ids"]):
                 subsets = self._check_new(rid, st["subsets"][k], pending)
                 pending.update((rid, s) for s in subsets)
                 sl = slice(ends[k] - counts[k], ends[k])
-                rows.append((rid, subsets, inter[sl], union[sl]))
+                rows.append((rid, subsets, inter[sl], union[sl], int(emitted[k])))
             failures += [(r, e, tuple(ss)) for r, e, ss in st["failures"]]
         for row in rows:
             self._append(*row)

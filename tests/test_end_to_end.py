@@ -112,6 +112,17 @@ def test_evaluate_reports_every_subset(env, trained, tmp_path):
     assert subsets <= set(report["subsets"]), report.keys()
     assert "segearth_r2" in p.stdout and "| average |" in p.stdout
     assert (tmp_path / "eval_test_segearth_r2.md").exists()
+    # configs/tiny.py evaluates by generation: the report says so and counts, per subset, the
+    # answers by their [SEG] count against the GT masks.
+    assert report["mode"] == "generate" and "generate" in p.stdout
+    for name, row in report["subsets"].items():
+        emission = row["seg_emission"]
+        assert set(emission) == {"equal", "fewer", "more", "none"}, name
+        assert sum(emission.values()) == row["n_samples"], name
+    lines = [json.loads(x) for x in
+             (tmp_path / "eval_test_segearth_r2_records.jsonl").read_text().splitlines()]
+    assert len(lines) == report["average"]["n_samples"] + report["average"]["n_failed"]
+    assert all("answer" in x and x["n_seg_emitted"] >= 0 for x in lines)
     # Deterministic: the same checkpoint and data give the same numbers.
     again = tmp_path / "again"
     _run(env, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
@@ -188,3 +199,56 @@ def test_non_finite_loss_stops_without_saving(env, trained, tmp_path):
     assert p.returncode == 1, p.stderr[-3000:]
     assert "non-finite loss or gradient at step 0" in p.stderr
     assert not list((workdir / "checkpoints").glob("[0-9]*")) and not (workdir / "export").exists()
+
+
+def test_evaluate_teacher_forced_mode_cli(env, trained, tmp_path):
+    """--mode teacher_forced: the report names the mode, scores every record with one mask per
+    GT [SEG] (no generation, so no emission counts)."""
+    p = _run(env, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
+             str(trained / "export"), "--out", str(tmp_path), "--mode", "teacher_forced",
+             *env["flags"][:2])
+    report = json.loads((tmp_path / "eval_test_segearth_r2.json").read_text())
+    assert report["mode"] == "teacher_forced" and "teacher-forced" in p.stdout
+    assert report["average"]["n_samples"] > 0 and report["average"]["n_failed"] == 0
+    assert all("seg_emission" not in row for row in report["subsets"].values())
+    lines = [json.loads(x) for x in
+             (tmp_path / "eval_test_segearth_r2_records.jsonl").read_text().splitlines()]
+    assert all(len(x["iou"]) == x["n_gt"] for x in lines)
+
+
+def test_teacher_forced_masks_are_the_forward_at_the_gt_seg_positions(env, trained):
+    """The teacher-forced predictor reads each mask query at a GT [SEG] of prompt + GT answer:
+    its masks equal the model's own forward (LLM hidden states at those positions -> segment),
+    one per GT [SEG], to fp32 rounding (1e-4)."""
+    import jax.numpy as jnp
+
+    from configs import tiny
+    from segearth_jax import text
+    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.input import pipeline
+
+    predictor = SegEarthPredictor(trained / "export")
+    config = tiny.get_config()
+    config.data.data_dir = str(env["root"] / "tfds")
+    source = open_source(config.data, "test")
+    config.data.batch_size = 4
+    batch = next(iter(pipeline.make_loader(source, predictor.tokenizer, config.data, train=False,
+                                           seed=0, teacher_forced=True, worker_count=0)))
+    ids, pos, valid = batch["input_ids"], batch["seg_positions"], batch["seg_valid"]
+    seg_id = predictor.tokenizer.convert_tokens_to_ids(text.SEG)
+    for i in range(len(ids)):
+        rec = source[int(batch["record_index"][i])]
+        n = int(valid[i].sum())
+        assert n == np.asarray(rec["masks"]).shape[0] >= 1
+        assert np.all(ids[i, pos[i, :n]] == seg_id)  # the GT answer's [SEG]s, in order
+    forced = predictor.teacher_forced(batch)
+    m, params = predictor.model, predictor.params
+    _, hidden = m.apply({"params": params}, ids, batch["siglip_pixels"], method=lambda mod, x, px:
+                        mod.mllm(x, px, seg_positions=pos))
+    seg_hidden = jnp.take_along_axis(hidden, jnp.maximum(jnp.asarray(pos), 0)[..., None], axis=1)
+    ref = np.asarray(m.apply({"params": params}, batch["pixels"], seg_hidden, valid,
+                             method=m.segment)[-1])
+    for i, res in enumerate(forced):
+        n = int(valid[i].sum())
+        assert res["mask_logits"].shape == (n, *ref.shape[2:])
+        assert float(np.max(np.abs(res["mask_logits"] - ref[i, :n]))) <= 1e-4

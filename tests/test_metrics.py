@@ -257,7 +257,7 @@ def test_merge_equals_single_process():
         h, w = int(rng.integers(3, 9)), int(rng.integers(3, 9))
         subsets = [["a"], ["b"], ["a", "b"]][k % 3]
         pred, gt = rng.random((mm, h, w)) < 0.5, rng.random((n, h, w)) < 0.5
-        records.append((f"r{k}", subsets, pred, gt))
+        records.append((f"r{k}", subsets, pred, gt, int(rng.integers(0, 5))))
     for preset in PRESETS:
         single = Evaluator(preset)
         shards = [Evaluator(preset), Evaluator(preset)]
@@ -289,3 +289,21 @@ def test_input_errors_name_the_record():
     assert ev.summary()["subsets"] == {}
     with pytest.raises(ValueError, match="space"):
         Preset("x", "mask", 1.0, True, "square512", "")
+
+
+def test_seg_emission_counts_by_subset():
+    """`n_emitted` (generated `[SEG]`s) against the GT mask count, per subset: equal / fewer (but
+    some) / more / none; records scored without it (teacher-forced) are not counted."""
+    ev = Evaluator("segearth_r2")
+    gt2, gt1 = np.ones((2, 4, 4), bool), np.ones((1, 4, 4), bool)
+    ev.add("eq", ["a"], gt2, gt2, n_emitted=2)
+    ev.add("few", ["a"], gt2[:1], gt2, n_emitted=1)
+    ev.add("more", ["a", "b"], gt2, gt1, n_emitted=9)
+    ev.add("none", ["b"], gt1[:0], gt1, n_emitted=0)
+    units = ev.add("forced", ["c"], gt2, gt2)
+    assert units == [1.0, 1.0]
+    s = ev.summary()["subsets"]
+    assert s["a"]["seg_emission"] == dict(equal=1, fewer=1, more=1, none=0)
+    assert s["b"]["seg_emission"] == dict(equal=0, fewer=0, more=1, none=1)
+    assert "seg_emission" not in s["c"]
+    assert "| a | 1 | 1 | 1 | 0 |" in ev.markdown()

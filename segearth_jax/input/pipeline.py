@@ -24,6 +24,11 @@ Eval batch (`train=False`): input_ids / attention_mask [B, max_prompt_len] (LEFT
 generation prompt), siglip_pixels, pixels, image_hw, canvas_hw, n_seg i32 [B] (GT mask count:
 masks.shape[0], or the answer's `[SEG]` count for a record without masks), record_index (the
 evaluator reads original-resolution GT masks from the source by this index).
+Teacher-forced eval batch (`train=False, teacher_forced=True`: the official evaluation, which
+feeds the ground-truth answer and reads the mask queries at its `[SEG]`s): input_ids /
+attention_mask [B, max_len] (the train layout: prompt + GT answer, RIGHT padding),
+seg_positions, seg_valid, n_seg, and the eval batch's pixels, sizes and record_index. A record
+needs one mask per answer `[SEG]`, as for training.
 
 Errors (`config.on_error`): "raise" (default) raises `RecordError` naming the record, from the
 worker that met it. "skip" first validates every record in the main process (text, mask count,
@@ -193,20 +198,28 @@ def check_record(record: dict, tokenizer, s: Settings, *, train: bool) -> dict[s
 class Preprocess(grain.transforms.Map):
     """(record_index, record) -> one example (see the module docstring for the keys)."""
 
-    def __init__(self, tokenizer, settings: Settings, *, train: bool):
+    def __init__(self, tokenizer, settings: Settings, *, train: bool,
+                 teacher_forced: bool = False):
         self.tokenizer = tokenizer
         self.settings = settings
         self.train = train
+        self.teacher_forced = teacher_forced and not train
 
     def map(self, element: tuple[int, dict]) -> dict[str, np.ndarray]:
         index, record = element
         s = self.settings
-        toks = check_record(record, self.tokenizer, s, train=self.train)
+        toks = check_record(record, self.tokenizer, s, train=self.train or self.teacher_forced)
         image = decode_image(record)
         pixels, (h1, w1) = preprocess.swin_view(image, s.image_size)
         out = dict(siglip_pixels=preprocess.siglip_view(image, s.siglip_size), pixels=pixels,
                    image_hw=np.asarray(image.shape[:2], np.int32),
                    canvas_hw=np.asarray((h1, w1), np.int32), record_index=np.int64(index))
+        if self.teacher_forced:
+            q = s.max_seg
+            return dict(out, input_ids=toks["input_ids"], attention_mask=toks["attention_mask"],
+                        seg_positions=toks["seg_positions"],
+                        seg_valid=np.arange(q) < int(toks["n_seg"]),
+                        n_seg=np.int32(toks["n_seg"]))
         if not self.train:
             if bool(record["has_masks"]):
                 n_seg = _masks(record).shape[0]
@@ -299,7 +312,7 @@ def validate_records(source, tokenizer, settings: Settings, *, train: bool) -> V
 def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
                 shard_options: grain.sharding.ShardOptions | None = None,
                 num_epochs: int | None = None, worker_count: int | None = None,
-                drop_remainder: bool = True) -> grain.DataLoader:
+                drop_remainder: bool = True, teacher_forced: bool = False) -> grain.DataLoader:
     """A grain DataLoader over `source` (see the module docstring).
 
     config: `config.data` (keys of `default_data_config`). seed: shuffling seed (train).
@@ -308,6 +321,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     training and reads once when evaluating. worker_count: defaults to `config.worker_count`.
     drop_remainder: drop the last partial batch; to see every record when evaluating, pass
     False (the last batch is then smaller) and shard options with drop_remainder=False.
+    teacher_forced (with train=False): the teacher-forced eval layout (prompt + GT answer).
     Under `on_error="skip"` the loader carries the pre-pass result as `loader.validation`.
     """
     s = Settings.from_config(config)
@@ -325,7 +339,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     validation = None
     indices = None
     if on_error == "skip":
-        validation = validate_records(source, tokenizer, s, train=train)
+        validation = validate_records(source, tokenizer, s, train=train or teacher_forced)
         log.info("input validation (%s): %s", "train" if train else "eval", validation.summary())
         if validation.n_skipped:
             log.warning("skipped %d of %d records (on_error='skip'): %s", validation.n_skipped,
@@ -347,7 +361,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
         num_epochs=num_epochs, seed=seed)
     loader = grain.DataLoader(
         data_source=indexed, sampler=sampler,
-        operations=[Preprocess(tokenizer, s, train=train),
+        operations=[Preprocess(tokenizer, s, train=train, teacher_forced=teacher_forced),
                     grain.transforms.Batch(batch_size=per_process, drop_remainder=drop_remainder)],
         worker_count=workers,
         worker_buffer_size=config.get("prefetch", 1),
