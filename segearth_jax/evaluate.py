@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,28 +95,23 @@ def resolve_mode(mode: str | None, preset: str) -> str:
     return mode
 
 
-def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
-             split: str | None = None, preset: str | None = None, out: str | Path | None = None,
-             limit: int | None = None, mode: str | None = None,
-             questions: str | None = None) -> dict[str, Any]:
-    """Scores `checkpoint_dir` on `split` of `config.data.name`; returns the summary dict (with
-    `"mode"`, the protocol used, and `"questions"`, which questions of an image were scored)."""
-    from segearth_jax.input import pipeline
+def open_eval_source(config: ml_collections.ConfigDict, split: str, questions: str) -> Any:
+    """The records `split` of `config.data.name` scores under the `questions` rule."""
     from segearth_jax.input.sources import open_source
 
-    split = split or config.data.eval_split
-    preset = preset or config.eval.preset
-    if preset not in metrics.PRESETS:
-        raise ValueError(f"metric preset {preset!r}: one of {sorted(metrics.PRESETS)}")
-    mode = resolve_mode(mode or config.eval.get("mode", "auto"), preset)
-    forced = mode == "teacher_forced"
-    evaluator = metrics.Evaluator(metrics.PRESETS[preset])
-    predictor = SegEarthPredictor(checkpoint_dir, max_new_tokens=config.eval.max_new_tokens,
-                                  temperature=config.eval.temperature, seed=config.seed)
-    questions = resolve_questions(questions or config.eval.get("questions", "auto"), preset)
     source = open_source(config.data, split)
-    if questions == "first":
-        source = _Subset(source, first_question_per_image(source))
+    return _Subset(source, first_question_per_image(source)) if questions == "first" else source
+
+
+def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor, source: Any,
+                mode: str, limit: int | None = None) -> Iterator[tuple[dict, Any, Any]]:
+    """Runs `predictor` over `source` (this process's share, `config.eval.batch_size` at a
+    time) in `mode`; yields per record (line, predicted masks [M, H, W] bool or None, GT masks
+    [N, H, W] bool): `line` holds id, subset and, in generate mode, the answer and its `[SEG]`
+    count; or an "error" (then the masks are None). Prints progress."""
+    from segearth_jax.input import pipeline
+
+    forced = mode == "teacher_forced"
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.batch_size = config.eval.batch_size
@@ -127,32 +123,25 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
                                   teacher_forced=forced)
     n_total = len(source) if limit is None else min(limit, len(source))
     n_done, t0 = 0, time.time()
-    canvas = data_cfg.image_size
-    records = []
+    run = predictor.teacher_forced if forced else predictor.predict
     for batch in loader:
         b = len(batch["record_index"])
-        padded = _pad_batch(batch, config.eval.batch_size)
-        run = predictor.teacher_forced if forced else predictor.predict
-        results = run(padded)[:b]
+        results = run(_pad_batch(batch, config.eval.batch_size))[:b]
         for i, res in enumerate(results):
-            idx = int(batch["record_index"][i])
-            rec = source[idx]
-            rid, subset = _str(rec["id"]), _str(rec["subset"])
-            line: dict[str, Any] = dict(id=rid, subset=subset)
+            rec = source[int(batch["record_index"][i])]
+            line: dict[str, Any] = dict(id=_str(rec["id"]), subset=_str(rec["subset"]))
             if not forced:
-                emitted = int(np.sum(res["tokens"] == predictor.seg_id))
-                line.update(answer=res["answer"], n_seg_emitted=emitted)
+                line.update(answer=res["answer"],
+                            n_seg_emitted=int(np.sum(res["tokens"] == predictor.seg_id)))
             try:
                 gt = np.asarray(rec["masks"]).astype(bool)
                 hw = tuple(int(x) for x in batch["image_hw"][i])
-                pred = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]), hw, canvas)
-                line["iou"] = evaluator.add(rid, [subset], pred, gt,
-                                            None if forced else line["n_seg_emitted"])
-                line["n_gt"] = int(gt.shape[0])
+                pred = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]), hw,
+                                      data_cfg.image_size)
             except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
-                evaluator.failed(rid, f"{type(e).__name__}: {e}")
                 line["error"] = f"{type(e).__name__}: {e}"
-            records.append(line)
+                pred = gt = None
+            yield line, pred, gt
         n_done += b
         rate = n_done / max(time.time() - t0, 1e-9)
         if jax.process_index() == 0:
@@ -161,6 +150,42 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
         if limit is not None and n_done >= limit:
             break
     print(file=sys.stderr if jax.process_index() else sys.stdout)
+
+
+def score(evaluator: metrics.Evaluator, line: dict, pred: Any, gt: Any) -> None:
+    """Adds one record of `predictions` to `evaluator` (a failure is listed, never scored);
+    its IoUs and GT count go into `line`."""
+    try:
+        if "error" in line:
+            raise RuntimeError(line["error"])
+        line["iou"] = evaluator.add(line["id"], [line["subset"]], pred, gt,
+                                    line.get("n_seg_emitted"))
+        line["n_gt"] = int(gt.shape[0])
+    except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
+        line.setdefault("error", f"{type(e).__name__}: {e}")
+        evaluator.failed(line["id"], line["error"])
+
+
+def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
+             split: str | None = None, preset: str | None = None, out: str | Path | None = None,
+             limit: int | None = None, mode: str | None = None,
+             questions: str | None = None) -> dict[str, Any]:
+    """Scores `checkpoint_dir` on `split` of `config.data.name`; returns the summary dict (with
+    `"mode"`, the protocol used, and `"questions"`, which questions of an image were scored)."""
+    split = split or config.data.eval_split
+    preset = preset or config.eval.preset
+    if preset not in metrics.PRESETS:
+        raise ValueError(f"metric preset {preset!r}: one of {sorted(metrics.PRESETS)}")
+    mode = resolve_mode(mode or config.eval.get("mode", "auto"), preset)
+    questions = resolve_questions(questions or config.eval.get("questions", "auto"), preset)
+    evaluator = metrics.Evaluator(metrics.PRESETS[preset])
+    predictor = SegEarthPredictor(checkpoint_dir, max_new_tokens=config.eval.max_new_tokens,
+                                  temperature=config.eval.temperature, seed=config.seed)
+    source = open_eval_source(config, split, questions)
+    records = []
+    for line, pred, gt in predictions(config, predictor, source, mode, limit):
+        score(evaluator, line, pred, gt)
+        records.append(line)
     out = Path(out) if out else Path(checkpoint_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"eval_{split}_{preset}"
