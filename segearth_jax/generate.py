@@ -250,20 +250,25 @@ class SegEarthPredictor:
         return jax.jit(probe)
 
 
-def masks_to_image(mask_logits: np.ndarray, canvas_hw: tuple[int, int],
-                   image_hw: tuple[int, int], canvas_size: int) -> np.ndarray:
-    """Mask logits on the canvas grid [Q, h, w] -> boolean masks [Q, H, W] of the original image:
-    bilinear to the canvas, crop the content (no padding), bilinear to the original size,
-    logit > 0."""
+def logits_to_image(mask_logits: np.ndarray, canvas_hw: tuple[int, int],
+                    image_hw: tuple[int, int], canvas_size: int) -> np.ndarray:
+    """Mask logits on the canvas grid [Q, h, w] -> float32 logits [Q, H, W] on the original
+    image: bilinear to the canvas, crop the content (no padding), bilinear to the original size."""
     import cv2
 
-    out = np.zeros((len(mask_logits), *image_hw), bool)
+    out = np.zeros((len(mask_logits), *image_hw), np.float32)
     for i, m in enumerate(mask_logits):
         m = cv2.resize(m, (canvas_size, canvas_size), interpolation=cv2.INTER_LINEAR)
         m = m[:canvas_hw[0], :canvas_hw[1]]
-        m = cv2.resize(m, (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
-        out[i] = m > 0
+        out[i] = cv2.resize(m, (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def masks_to_image(mask_logits: np.ndarray, canvas_hw: tuple[int, int],
+                   image_hw: tuple[int, int], canvas_size: int) -> np.ndarray:
+    """Mask logits on the canvas grid [Q, h, w] -> boolean masks [Q, H, W] of the original image
+    (`logits_to_image` > 0)."""
+    return logits_to_image(mask_logits, canvas_hw, image_hw, canvas_size) > 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,8 @@
 """Prediction on one image: `python -m segearth_jax.predict --checkpoint DIR --image IMG
---prompt "..." [--out DIR]`.
+--prompt "..." [--out DIR]`; on many: `--inputs FOLDER|"GLOB"|FILE.jsonl [--prompt "..."]
+[--batch-size 8]` (one result folder per input, `results.jsonl` with RLE masks, resumable); on a
+whole scene: `--scene RASTER --prompt "..."` (`segearth_jax.scene`: sliding windows, a
+georeferenced label mask, GeoJSON polygons).
 
 Prints the answer and writes, in `--out`: `mask_<i>.png` (one per `[SEG]`, 0/255, original
 size), `overlay.png` (masks in distinct colours with their `<p>` names), `attention_<i>.png`
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,56 +43,232 @@ def prepare(image: np.ndarray, instruction: str, predictor: SegEarthPredictor
             "image_hw": np.asarray([image.shape[:2]], np.int32)}
 
 
+def stack(predictor: SegEarthPredictor, images: list[np.ndarray], instructions: list[str],
+          batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Eval-mode batch of the images (+ instructions), filled up to `batch_size` rows by
+    repeating the last one (every call one compiled shape)."""
+    rows = [prepare(im, ins, predictor) for im, ins in zip(images, instructions, strict=True)]
+    rows += rows[-1:] * max(0, (batch_size or len(rows)) - len(rows))
+    return {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
+
+
+def predict_batch(predictor: SegEarthPredictor, images: list[np.ndarray],
+                  instructions: list[str], outs: list[Path | None] | None = None,
+                  attention: bool = True, batch_size: int | None = None) -> list[dict[str, Any]]:
+    """Answers + masks (original size) for several images, run together (prompts padded to the
+    model's prompt length; a short batch is filled up to `batch_size` rows by repeating its last
+    one, so every call has one compiled shape); each result's files go into its `outs` entry."""
+    batch = stack(predictor, images, instructions, batch_size)
+    n = len(images)
+    outs = outs or [None] * n
+    results = []
+    for i, res in enumerate(predictor.predict(batch)[:n]):
+        image = images[i]
+        masks = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]),
+                               image.shape[:2], predictor.geometry.image_size)
+        names = visualize.parse_targets(res["answer"])[:len(masks)]
+        names += [f"target {j + 1}" for j in range(len(names), len(masks))]
+        result = {"answer": res["answer"], "targets": names, "masks": masks}
+        if attention and len(masks):
+            result["attention"] = predictor.seg_attention(
+                batch["siglip_pixels"][i], res["prompt"], res["tokens"], res["seg_index"])
+        if outs[i] is not None:
+            write_result(outs[i], image, instructions[i], result)
+        results.append(result)
+    return results
+
+
 def predict(predictor: SegEarthPredictor, image: np.ndarray, instruction: str,
             out: Path | None = None, attention: bool = True) -> dict[str, Any]:
     """Answer + masks (original size) for one image; writes the PNGs and JSON into `out`."""
-    batch = prepare(image, instruction, predictor)
-    res = predictor.predict(batch)[0]
-    masks = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][0]), image.shape[:2],
-                           predictor.geometry.image_size)
-    names = visualize.parse_targets(res["answer"])[:len(masks)]
-    names += [f"target {i + 1}" for i in range(len(names), len(masks))]
-    result = {"answer": res["answer"], "targets": names, "masks": masks}
-    if attention and len(masks):
-        result["attention"] = predictor.seg_attention(batch["siglip_pixels"][0], res["prompt"],
-                                                      res["tokens"], res["seg_index"])
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for i, m in enumerate(masks):
-            visualize.write_png(out / f"mask_{i}.png",
-                                np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=-1))
-        visualize.write_png(out / "overlay.png", visualize.overlay(image, masks, names))
-        for i, att in enumerate(result.get("attention", [])):
-            visualize.write_png(out / f"attention_{i}.png",
-                                visualize.attention_heatmap(image, att))
-        (out / "result.json").write_text(json.dumps({
-            "instruction": instruction, "answer": res["answer"], "targets": names,
-            "image_size": list(image.shape[:2]), "masks": visualize.masks_to_rle(masks)},
-            indent=2) + "\n")
-    return result
+    return predict_batch(predictor, [image], [instruction], [out], attention)[0]
+
+
+def write_result(out: Path, image: np.ndarray, instruction: str, result: dict[str, Any]) -> None:
+    """The masks, overlay, heatmaps and result.json of one prediction, into `out` (result.json
+    last: its presence marks a finished result)."""
+    out.mkdir(parents=True, exist_ok=True)
+    masks, names = result["masks"], result["targets"]
+    for i, m in enumerate(masks):
+        visualize.write_png(out / f"mask_{i}.png",
+                            np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=-1))
+    visualize.write_png(out / "overlay.png", visualize.overlay(image, masks, names))
+    for i, att in enumerate(result.get("attention", [])):
+        visualize.write_png(out / f"attention_{i}.png", visualize.attention_heatmap(image, att))
+    (out / "result.json").write_text(json.dumps({
+        "instruction": instruction, "answer": result["answer"], "targets": names,
+        "image_size": list(image.shape[:2]), "masks": visualize.masks_to_rle(masks)},
+        indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Many inputs: a folder, a glob or a JSONL of (image, prompt) pairs
+
+
+def list_inputs(spec: str, prompt: str | None) -> list[tuple[str, str, str]]:
+    """`spec` (a folder: its image files, sorted; a glob; or a .jsonl file of {"image": path,
+    "prompt": text} lines, paths relative to the file) -> [(name, image path, prompt)]. `prompt`
+    is used where a line has none (and for folders and globs, where it is required). Names are
+    the files' stems, made unique with their relative folders where two stems collide; they
+    name the result folders, so a rerun finds what it already did."""
+    import glob
+
+    from segearth_jax.input.readers import IMAGE_EXTENSIONS
+
+    path = Path(spec)
+    if path.suffix == ".jsonl" and path.is_file():
+        items = []
+        for k, raw in enumerate(path.read_text().splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                image = str((path.parent / line["image"]).resolve())
+            except (ValueError, KeyError, TypeError) as e:
+                raise InputError(f"{path}:{k}: expected {{\"image\": ..., \"prompt\": ...}}, got "
+                                 f"{raw[:80]!r} ({type(e).__name__}: {e})") from None
+            text = line.get("prompt") or prompt
+            if not text:
+                raise InputError(f"{path}:{k}: no prompt (give one per line or --prompt)")
+            items.append((image, text))
+    else:
+        if path.is_dir():
+            files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            files = sorted(glob.glob(spec, recursive=True))
+        if not files:
+            raise InputError(f"--inputs {spec}: no image files found")
+        if not prompt:
+            raise InputError("--prompt is required with a folder or a glob")
+        items = [(f, prompt) for f in files]
+    stems = [Path(f).stem for f, _ in items]
+    common = Path(os.path.commonpath([str(Path(f).parent) for f, _ in items]))
+    names = [s if stems.count(s) == 1 else
+             str(Path(f).relative_to(common).with_suffix("")).replace(os.sep, "__")
+             for s, (f, _) in zip(stems, items, strict=True)]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"--inputs {spec}: inputs share a name: {dup[:5]} (the same image "
+                         "twice? give each (image, prompt) pair once)")
+    return [(n, f, t) for n, (f, t) in zip(names, items, strict=True)]
+
+
+class InputError(ValueError):
+    """A bad --inputs specification (a one-line message for the user)."""
+
+
+def predict_many(predictor: SegEarthPredictor, inputs: list[tuple[str, str, str]], out: Path,
+                 batch_size: int = 8, attention: bool = False) -> dict[str, int]:
+    """Each (name, image, prompt) into `out/<name>/` (as `predict` writes), `batch_size` images
+    per call, with a progress bar (images/s); `out/results.jsonl` gets one line per input
+    (answer, targets, RLE masks). Inputs whose `out/<name>/result.json` exists are skipped (a
+    rerun resumes); an unreadable image is reported and skipped. -> counts done / skipped /
+    failed."""
+    from tqdm import tqdm
+
+    from segearth_jax.input.records import BadInput, load_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [x for x in inputs if not (out / x[0] / "result.json").exists()]
+    counts = {"done": 0, "skipped": len(inputs) - len(todo), "failed": 0}
+    if counts["skipped"]:
+        print(f"{counts['skipped']} of {len(inputs)} inputs already have results in {out}/: "
+              "skipped", flush=True)
+    bar = tqdm(total=len(todo), unit="img", desc="predict", dynamic_ncols=True)
+    with open(out / "results.jsonl", "a") as log, open(out / "failures.jsonl", "a") as bad:
+        for start in range(0, len(todo), batch_size):
+            chunk, images = [], []
+            for name, file, prompt in todo[start:start + batch_size]:
+                try:
+                    images.append(load_image(file, name))
+                    chunk.append((name, file, prompt))
+                except BadInput as e:
+                    counts["failed"] += 1
+                    tqdm.write(f"skipped {file}: {e.problem}")
+                    bad.write(json.dumps({"name": name, "image": file, "error": str(e)}) + "\n")
+                    bar.update(1)
+            if not chunk:
+                continue
+            results = predict_batch(predictor, images, [p for *_, p in chunk],
+                                    [out / n for n, *_ in chunk], attention, batch_size)
+            for (name, file, prompt), image, res in zip(chunk, images, results, strict=True):
+                log.write(json.dumps({
+                    "name": name, "image": file, "prompt": prompt, "answer": res["answer"],
+                    "targets": res["targets"], "image_size": list(image.shape[:2]),
+                    "masks": visualize.masks_to_rle(res["masks"])}) + "\n")
+            log.flush()
+            counts["done"] += len(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="SegEarth-R2 model directory")
-    parser.add_argument("--image", required=True, help="image file (any size; RGB, gray, RGBA)")
-    parser.add_argument("--prompt", required=True, help="the instruction")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="one image file (any size; RGB, gray, RGBA)")
+    what.add_argument("--inputs", help="many: a folder of images, a glob (quoted), or a .jsonl of "
+                      '{"image": path, "prompt": text} lines')
+    what.add_argument("--scene", help="one large raster (GeoTIFF, PNG, JPEG) in sliding windows: "
+                      "OUT/mask.tif (georeferenced labels), targets.geojson, overview.png")
+    parser.add_argument("--prompt", help="the instruction (for --inputs: used where a JSONL line "
+                        "has none)")
     parser.add_argument("--out", default="predict_out", help="output directory")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images (or scene windows) per call")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="--scene: windows overlap by this fraction of their size")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy (default); the official code samples at 0.2")
     parser.add_argument("--no-attention", action="store_true", help="skip the heatmaps")
+    parser.add_argument("--attention", action="store_true",
+                        help="with --inputs: also write the heatmaps (one more pass per image)")
     args = parser.parse_args(argv)
 
     from segearth_jax.input.records import BadInput, load_image
 
+    out = Path(args.out)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.scene:
+        from segearth_jax.scene import SceneError, predict_scene
+
+        if not args.prompt:
+            parser.error("--prompt is required")
+        if not Path(args.scene).is_file():
+            sys.exit(f"error: --scene {args.scene}: no such file")
+        predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
+                                      temperature=args.temperature)
+        try:
+            s = predict_scene(predictor, args.scene, args.prompt, out, overlap=args.overlap,
+                              batch_size=args.batch_size)
+        except SceneError as e:
+            sys.exit(f"error: {e}")
+        print(f"{s['windows']} windows, targets {s['targets'] or 'none'}, {s['polygons']} "
+              f"polygon(s): {out}/mask.tif, targets.geojson, overview.png, scene.json")
+        return
+    if args.inputs:
+        try:
+            inputs = list_inputs(args.inputs, args.prompt)
+        except InputError as e:
+            sys.exit(f"error: {e}")
+        predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
+                                      temperature=args.temperature)
+        c = predict_many(predictor, inputs, out, args.batch_size, args.attention)
+        print(f"{c['done']} predicted, {c['skipped']} already there, {c['failed']} unreadable "
+              f"(listed in {out}/failures.jsonl); results in {out}/<name>/ and "
+              f"{out}/results.jsonl")
+        return
+    if not args.prompt:
+        parser.error("--prompt is required")
     try:
         image = load_image(args.image, "predict")
     except BadInput as e:
         sys.exit(f"error: {e}")
     predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature)
-    out = Path(args.out)
     res = predict(predictor, image, args.prompt, out, attention=not args.no_attention)
     print(f"answer: {res['answer']}")
     n = len(res["masks"])
