@@ -252,3 +252,168 @@ def test_teacher_forced_masks_are_the_forward_at_the_gt_seg_positions(env, train
         n = int(valid[i].sum())
         assert res["mask_logits"].shape == (n, *ref.shape[2:])
         assert float(np.max(np.abs(res["mask_logits"] - ref[i, :n]))) <= 1e-4
+
+
+def test_batch_predict_folder_resumes_and_skips_bad_files(env, trained, tmp_path):
+    """--inputs FOLDER: one result folder per image (same-stem files get their relative path as
+    name), results.jsonl with RLE masks, an unreadable file reported and skipped; a rerun skips
+    what is done."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "in"
+    shapes = {"a.png": (90, 150, 3), "b.jpg": (64, 64, 3), "c.png": (40, 70, 3),
+              "sub/a.png": (50, 50, 3)}
+    for name, shape in shapes.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, shape, dtype=np.uint8))
+    (folder / "bad.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(trained / "export"), "--inputs", str(folder), "--prompt",
+            "Segment the storage tanks.", "--out", str(out), "--batch-size", "2",
+            "--max-new-tokens", "24"]
+    p = _run(env, "segearth_jax.predict", *args)
+    assert "4 predicted, 0 already there, 1 unreadable" in p.stdout, p.stdout
+    assert "bad.png" in p.stdout + p.stderr and "Traceback" not in p.stderr
+    names = {"a": "a.png", "sub__a": "sub/a.png", "b": "b.jpg", "c": "c.png"}
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["name"] for x in lines) == sorted(names)
+    for name, file in names.items():
+        _check_outputs(out / name, shapes[file])
+    (failure,) = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert failure["name"] == "bad"
+    stamps = {n: (out / n / "result.json").stat().st_mtime_ns for n in names}
+    p = _run(env, "segearth_jax.predict", *args)
+    assert "0 predicted, 4 already there, 1 unreadable" in p.stdout, p.stdout
+    assert stamps == {n: (out / n / "result.json").stat().st_mtime_ns for n in names}
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_batch_predict_equals_one_image_at_a_time(trained, tmp_path):
+    """A batch of images gives each one the answer and masks it gets alone (batching is
+    padding only: the masks agree to a boundary pixel)."""
+    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.predict import list_inputs, predict, predict_batch
+
+    predictor = SegEarthPredictor(trained / "export", max_new_tokens=24)
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 255, s, dtype=np.uint8) for s in ((70, 90, 3), (128, 128, 3))]
+    prompts = ["Segment the storage tanks.", "Where are the ships?"]
+    together = predict_batch(predictor, images, prompts, attention=False, batch_size=4)
+    for image, prompt, res in zip(images, prompts, together, strict=True):
+        alone = predict(predictor, image, prompt, attention=False)
+        assert alone["answer"] == res["answer"] and len(alone["masks"]) == len(res["masks"])
+        for a, b in zip(alone["masks"], res["masks"], strict=True):
+            assert np.mean(a != b) <= 0.01
+    # A JSONL of (image, prompt) pairs, paths relative to the file.
+    spec = tmp_path / "pairs.jsonl"
+    spec.write_text(json.dumps({"image": "x.png", "prompt": "Where?"}) + "\n\n"
+                    + json.dumps({"image": "sub/y.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:3: no prompt"):
+        list_inputs(str(spec), None)
+    assert list_inputs(str(spec), "Fallback?") == [
+        ("x", str(tmp_path / "x.png"), "Where?"), ("y", str(tmp_path / "sub/y.png"), "Fallback?")]
+    spec.write_text(json.dumps({"image": "x.png", "prompt": "a"}) + "\n"
+                    + json.dumps({"image": "x.png", "prompt": "b"}) + "\n")
+    with pytest.raises(ValueError, match="share a name"):
+        list_inputs(str(spec), None)
+
+
+def _geotiff(path: Path, h: int, w: int) -> tuple:
+    """An RGB GeoTIFF (UTM 33N, 0.5 m pixels) with bright rectangles across window borders."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(40, 90, (3, h, w), dtype=np.uint8)
+    for y, x in ((80, 80), (200, 250), (300, 500), (20, 400)):  # windows: 128 px, stride 96
+        image[:, y:y + 40, x:x + 60] = 230
+    crs, transform = "EPSG:32633", from_origin(500000.0, 4000000.0, 0.5, 0.5)
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=3, dtype="uint8",
+                       crs=crs, transform=transform) as ds:
+        ds.write(image)
+    return crs, transform
+
+
+def test_scene_cli_keeps_the_georeference(env, trained, tmp_path):
+    """--scene on a 400 x 600 GeoTIFF (the tiny model's windows: 128 px, 25% overlap): the label
+    mask has the source's CRS, transform and size; the GeoJSON, overview and summary are
+    written."""
+    import rasterio
+
+    h, w = 400, 600
+    crs, transform = _geotiff(tmp_path / "scene.tif", h, w)
+    out = tmp_path / "out"
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--scene",
+             str(tmp_path / "scene.tif"), "--prompt", "Segment the storage tanks.", "--out",
+             str(out), "--batch-size", "4", "--max-new-tokens", "24")
+    assert "24 windows" in p.stdout, p.stdout  # rows 0/96/192/272 x columns 0/96/.../384/472
+    with rasterio.open(out / "mask.tif") as ds:
+        assert ds.crs.to_string() == crs and ds.transform == transform
+        assert (ds.height, ds.width, ds.count, ds.dtypes[0]) == (h, w, 1, "uint8")
+    assert json.loads((out / "targets.geojson").read_text())["type"] == "FeatureCollection"
+    assert json.loads((out / "scene.json").read_text())["crs"] == crs
+    assert cv2.imread(str(out / "overview.png")).shape[:2] == (h, w)
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(trained / "export"), "--scene",
+             str(tmp_path / "missing.tif"), "--prompt", "x", check=False)
+    assert p.returncode != 0 and "missing.tif" in p.stderr and "Traceback" not in p.stderr
+
+
+class _BrightPredictor:
+    """The trained predictor's geometry and tokenizer, with a deterministic 'model': target 0
+    (tank) where the Swin view is bright, target 1 (ground) elsewhere, as canvas-grid logits."""
+
+    def __init__(self, real):
+        self.geometry, self.tokenizer = real.geometry, real.tokenizer
+
+    def predict(self, batch):
+        px = np.asarray(batch["pixels"]).mean(-1)  # [B, S, S], normalized
+        b, s, _ = px.shape
+        grid = px.reshape(b, s // 4, 4, s // 4, 4).mean((2, 4))
+        return [dict(answer="the <p>tank</p>[SEG] on the <p>ground</p>[SEG]",
+                     mask_logits=np.stack([grid[i] - 0.5, 0.3 - grid[i]]).astype(np.float32))
+                for i in range(b)]
+
+
+def test_scene_is_stitched_without_seams(trained, tmp_path):
+    """The streamed, strip-by-strip stitching equals the same windows blended by hand over the
+    whole scene (no seam where windows or strips meet); polygons lie in the source CRS."""
+    import rasterio
+
+    from segearth_jax.generate import SegEarthPredictor, logits_to_image
+    from segearth_jax.predict import stack
+    from segearth_jax.scene import ABSENT_LOGIT, blend_weight, predict_scene, window_starts
+
+    h, w = 400, 600
+    crs, transform = _geotiff(tmp_path / "scene.tif", h, w)
+    fake = _BrightPredictor(SegEarthPredictor(trained / "export"))
+    summary = predict_scene(fake, tmp_path / "scene.tif", "tanks?", tmp_path / "out",
+                            batch_size=4)
+    assert summary["targets"] == ["tank", "ground"] and summary["windows"] == 24
+    with rasterio.open(tmp_path / "out" / "mask.tif") as ds:
+        labels = ds.read(1)
+    win, q = fake.geometry.image_size, fake.geometry.max_seg
+    with rasterio.open(tmp_path / "scene.tif") as src:
+        image = src.read().transpose(1, 2, 0)
+    acc, wsum = np.zeros((q, h, w), np.float32), np.zeros((h, w), np.float32)
+    for r in window_starts(h, win, 96):
+        for c in window_starts(w, win, 96):
+            batch = stack(fake, [image[r:r + win, c:c + win]], ["tanks?"])
+            res = fake.predict(batch)[0]
+            logits = np.full((q, win, win), ABSENT_LOGIT, np.float32)
+            logits[:2] = logits_to_image(res["mask_logits"], (win, win), (win, win), win)
+            acc[:, r:r + win, c:c + win] += logits * blend_weight(win, win)
+            wsum[r:r + win, c:c + win] += blend_weight(win, win)
+    blended = acc / wsum
+    by_hand = np.where(blended.max(0) > 0, blended.argmax(0) + 1, 0)
+    np.testing.assert_array_equal(labels, by_hand)
+    assert 0.02 < np.mean(labels == 1) < 0.5 and np.mean(labels == 2) > 0.4
+    assert labels[200 + 20, 250 + 30] == 1 and labels[5, 5] == 2  # a rectangle, the ground
+
+    geo = json.loads((tmp_path / "out" / "targets.geojson").read_text())
+    tanks = [f for f in geo["features"] if f["properties"]["name"] == "tank"]
+    assert len(tanks) >= 4  # the four rectangles (each across a window border)
+    left, top = transform.c, transform.f
+    for f in geo["features"]:
+        xs, ys = np.asarray(f["geometry"]["coordinates"][0]).T
+        assert left <= xs.min() and xs.max() <= left + 0.5 * w
+        assert top - 0.5 * h <= ys.min() and ys.max() <= top
+    assert "32633" in (geo["crs_wkt"] or "") or "UTM zone 33N" in geo["crs_wkt"]
