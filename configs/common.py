@@ -1,4 +1,4 @@
-"""Shared defaults of the SegEarth-R2 training configs (paper setup, DESIGN.md section 7).
+"""Shared defaults of the SegEarth-R2 training configs (paper setup, docs/design.md section 7).
 
 Each `configs/<name>.py` starts from `base()` and changes what differs. Override from the command
 line with `--config.<key>=<value>`.

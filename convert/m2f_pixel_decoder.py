@@ -2,7 +2,7 @@
 
 Two sources name the same tensors differently:
   - detectron2 Mask2Former (`model_final_*.pkl`, keys `sem_seg_head.pixel_decoder.*`; listed in
-    shared/reference/mask2former_swinb_coco_panoptic_keys.tsv);
+    tests/reference/mask2former_swinb_coco_panoptic_keys.tsv);
   - transformers' `Mask2FormerPixelDecoder` state dict (used by the parity tests).
 Both tables are strict data for `convert.common.convert_tensors`: conv weights OIHW -> HWIO,
 linear weights (out, in) -> (in, out); encoder layer `n` fills slot `n` of our scanned

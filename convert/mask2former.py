@@ -7,7 +7,7 @@ Backbone (`backbone.*`), pixel decoder (`sem_seg_head.pixel_decoder.*`) and tran
 convert/m2f_pixel_decoder.py and convert/m2f_transformer_decoder.py, strict both ways. The COCO
 queries and class head are listed as unused. The pickle is read with an unpickler that accepts
 only numpy arrays and plain containers. Key list:
-../shared/reference/mask2former_swinb_coco_panoptic_keys.tsv.
+tests/reference/mask2former_swinb_coco_panoptic_keys.tsv.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 Reads `model.safetensors[.index.json]` or `pytorch_model.bin[.index.json]` one tensor at a time,
 renames by the table below (strict both ways), writes an orbax checkpoint, `model.json`, and the
-tokenizer files. Key layout: ../shared/reference/mipha3b_keys.tsv.
+tokenizer files. Key layout: tests/reference/mipha3b_keys.tsv.
 """
 
 from __future__ import annotations

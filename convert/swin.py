@@ -5,7 +5,7 @@
 Rename tables for the official Swin names (the ImageNet .pth: `torch.load(f)["model"]`, and
 detectron2's `backbone.*` in Mask2Former checkpoints, which adds `norm0..norm3`) and for
 transformers' `SwinBackbone` (both the 4.x names of the published files and the 5.x module
-names). Key list: ../shared/reference/swin_base_patch4_window12_384_22k_keys.tsv.
+names). Key list: tests/reference/swin_base_patch4_window12_384_22k_keys.tsv.
 
 Our layout is the official one with `.` -> `/`, `layers.i` -> `layers_i` and block j of a stage
 in slot j // 2 of the scanned pair's `blocks/w` (j even) or `blocks/sw` (j odd); the only

@@ -1,5 +1,5 @@
 """Synthetic LaSeRS-format data: procedurally drawn aerial-like scenes with instructions that
-cover the paper's four dimensions (DESIGN.md section 5):
+cover the paper's four dimensions (docs/design.md section 5):
 
   granularity   semantic (every instance of a category, ONE mask) | instance | part
   multiplicity  single (one `[SEG]`) | multiple (2-3 `[SEG]`s, one mask each)

@@ -1,4 +1,5 @@
-"""Training losses of SegEarth-R2 (DESIGN.md section 3): pure, jit-friendly functions of arrays.
+"""Training losses of SegEarth-R2 (docs/design.md section 3): pure, jit-friendly functions of
+arrays.
 
 `L = L_text + bce_weight * L_bce + dice_weight * L_dice + spatial_weight * L_spatial`.
 

@@ -1,4 +1,4 @@
-"""Optimizer and the trainable/frozen split (DESIGN.md sections 2 and 7).
+"""Optimizer and the trainable/frozen split (docs/design.md sections 2 and 7).
 
 Which parameters train is a list of regexes over '/'-joined parameter paths (config
 `trainable`); everything else is frozen: it gets no gradient and no optimizer state.

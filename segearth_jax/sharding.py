@@ -1,4 +1,4 @@
-"""Device mesh and sharding rules (DESIGN.md section 7).
+"""Device mesh and sharding rules (docs/design.md section 7).
 
 One 2-D mesh with axes `data` and `fsdp`. The batch is split over both axes (FSDP is data
 parallel too); a parameter (and its optimizer state) is split over `fsdp` along its largest

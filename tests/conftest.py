@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity on every backend.
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# Key lists of the real checkpoints we convert (tests/reference/README.md says how sure each is).
+REFERENCE = Path(__file__).resolve().parent / "reference"
 
 
 @pytest.fixture(scope="session")

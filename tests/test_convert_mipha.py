@@ -15,7 +15,7 @@ from convert.common import ConversionError, convert_tensors, read_hf_checkpoint
 from convert.tiny_mipha import mipha_state_dict, write_checkpoint
 from segearth_jax import checkpoint
 from segearth_jax.models.mipha import MiphaConfig
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 
 
 def _leaves(tree):
@@ -91,7 +91,7 @@ def test_cli_converts_and_refuses_a_nonempty_out(tiny_checkpoint, tmp_path, caps
 
 def _reference_source(drop=()):
     """(key, zero-stride view, 0) for every key of the real Mipha-3B list: nothing allocated."""
-    for line in (SHARED / "reference" / "mipha3b_keys.tsv").read_text().splitlines():
+    for line in (REFERENCE / "mipha3b_keys.tsv").read_text().splitlines():
         name, shape, _ = line.split("\t")
         if name not in drop:
             shape = ast.literal_eval(shape)

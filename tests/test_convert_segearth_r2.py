@@ -19,7 +19,7 @@ from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHeadConfig
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
 from tests import test_mask2former
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 
 # The module-scoped tiny transformers Mask2Former of test_mask2former, reused as a fixture.
 hf_model = test_mask2former.hf_model
@@ -205,7 +205,7 @@ def _real_layout() -> dict[str, tuple[int, ...]]:
     `backbone.*` / `sem_seg_head.*` under SegEarth-R2's names (see `_official_seg_head`)."""
     rows = {}
     for tsv in ("mipha3b_keys.tsv", "mask2former_swinb_coco_panoptic_keys.tsv"):
-        for line in (SHARED / "reference" / tsv).read_text().splitlines():
+        for line in (REFERENCE / tsv).read_text().splitlines():
             name, shape, _ = line.split("\t")
             rows[name] = ast.literal_eval(shape)
     del rows["lm_head.bias"], rows["criterion.empty_weight"]

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
+import tests.conftest  # noqa: F401  (the offline environment of conftest)
 from segearth_jax import checkpoint
 from segearth_jax.input.sources import open_source
-from tests.conftest import SHARED  # noqa: F401  (the offline environment of conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 

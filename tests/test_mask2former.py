@@ -14,7 +14,7 @@ from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, swi
 from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHead, SegHeadConfig
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 from tests.test_swin import _official_state_dict as _official_swin_state_dict
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
@@ -173,7 +173,7 @@ def test_detectron2_converter_reports_every_problem(hf_model, tmp_path):
 def test_full_size_layout_matches_all_650_reference_keys():
     cfg = SegHeadConfig.from_variant("swin-b")
     source = []
-    for line in (SHARED / "reference" / "mask2former_swinb_coco_panoptic_keys.tsv"
+    for line in (REFERENCE / "mask2former_swinb_coco_panoptic_keys.tsv"
                  ).read_text().splitlines():
         name, shape, _ = line.split("\t")
         shape = ast.literal_eval(shape)

@@ -134,7 +134,7 @@ def test_layers_not_a_multiple_of_the_levels_are_refused():
 def test_full_size_layout_matches_the_reference_predictor_keys():
     import ast
 
-    from tests.conftest import SHARED
+    from tests.conftest import REFERENCE
 
     model = MaskedTransformerDecoder(MaskDecoderConfig.from_variant("m2f"))
     feats = [np.zeros((1, s, s, 256), np.float32) for s in (32, 64, 128)]
@@ -142,7 +142,7 @@ def test_full_size_layout_matches_the_reference_predictor_keys():
     expected = jax.eval_shape(model.init, jax.random.key(0), queries, feats, mask_feats)["params"]
     prefix = "sem_seg_head.predictor."
     source = []
-    for line in (SHARED / "reference" / "mask2former_swinb_coco_panoptic_keys.tsv").read_text(
+    for line in (REFERENCE / "mask2former_swinb_coco_panoptic_keys.tsv").read_text(
             ).splitlines():
         name, shape, _ = line.split("\t")
         if name.startswith(prefix):

@@ -19,7 +19,7 @@ from segearth_jax.models.pixel_decoder import (
     PixelDecoderConfig,
     resize_bilinear,
 )
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
 
@@ -219,7 +219,7 @@ def test_simplify_fpn_matches_hf_with_mask2former_simplify_convs():
 
 def _reference_source(drop=()):
     """(key, zero-stride view, 0) for every pixel-decoder key of the real Mask2Former list."""
-    for line in (SHARED / "reference" / "mask2former_swinb_coco_panoptic_keys.tsv"
+    for line in (REFERENCE / "mask2former_swinb_coco_panoptic_keys.tsv"
                  ).read_text().splitlines():
         name, shape, _ = line.split("\t")
         if name.startswith("sem_seg_head.pixel_decoder.") and name not in drop:

@@ -14,7 +14,7 @@ from convert import swin as swin_convert
 from convert.common import ConversionError, convert_tensors, flatten
 from segearth_jax import checkpoint
 from segearth_jax.models.swin import SwinBlock, SwinConfig, SwinTransformer, shift_window_mask
-from tests.conftest import SHARED
+from tests.conftest import REFERENCE
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
 TINY = SwinConfig.from_variant("tiny")
@@ -206,7 +206,7 @@ def test_official_converter_reports_every_problem(hf_backbone, tmp_path):
 def _reference_source(tsv, keep=lambda name: True):
     """(name, zero-stride view of the listed shape, 0) for each listed key: nothing allocated."""
     source = []
-    for line in (SHARED / "reference" / tsv).read_text().splitlines():
+    for line in (REFERENCE / tsv).read_text().splitlines():
         name, shape, _ = line.split("\t")
         if keep(name):
             shape = ast.literal_eval(shape)

@@ -1,4 +1,4 @@
-"""grain input pipeline: records -> fixed-shape numpy batches (DESIGN.md section 5).
+"""grain input pipeline: records -> fixed-shape numpy batches (docs/design.md section 5).
 
     loader = make_loader(source, tokenizer, config.data, train=True, seed=0)
     it = iter(loader)          # it.get_state() / it.set_state(state) resume exactly

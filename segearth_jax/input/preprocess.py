@@ -1,4 +1,5 @@
-"""Image and mask preprocessing (DESIGN.md sections 2 and 3), numpy + OpenCV, no PIL at runtime.
+"""Image and mask preprocessing (docs/design.md sections 2 and 3), numpy + OpenCV, no PIL at
+runtime.
 
 * `resize`: Pillow's `Image.resize` for 8-bit images, bit for bit (tested against Pillow 13):
   separable filter whose support widens by the downscale factor (antialiasing), bicubic a = -0.5

@@ -1,6 +1,7 @@
-"""Readers of each dataset's layout exactly as released (DESIGN.md section 5): `read_x(root, split,
-report=None) -> Iterator[Record]`, sorted deterministically. Masks are decoded lazily by
-`Record.masks()`; images are not opened here (the builders load and validate both).
+"""Readers of each dataset's layout exactly as released (docs/design.md section 5):
+`read_x(root, split, report=None) -> Iterator[Record]`, sorted deterministically. Masks are
+decoded lazily by `Record.masks()`; images are not opened here (the builders load and validate
+both).
 
 Errors in one record are routed through `report` (a SkipReport, default policy "raise"); an
 unreadable whole file (truncated JSON, bad pickle) is one BadInput with record id None.

@@ -1,4 +1,4 @@
-"""Prompt and answer -> fixed-length token arrays (DESIGN.md section 4).
+"""Prompt and answer -> fixed-length token arrays (docs/design.md section 4).
 
 The prompt (system, user turn with `<image>`, "ASSISTANT:") and the reply (" <answer>" then
 `<|endoftext|>`) are tokenized separately (`text.conversation_parts`), so the labelled span is

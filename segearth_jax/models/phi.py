@@ -11,7 +11,7 @@ Extras over the HF model:
   * a KV cache (`decode=True`, Linen 'cache' collection) for incremental decoding;
   * the `[SEG]` attention probe: given `seg_positions`, every layer sows (collection
     'intermediates', name 'seg_attention') the post-softmax attention of the `[SEG]` query rows
-    over the image-token columns, computed for those rows only (DESIGN.md section 3).
+    over the image-token columns, computed for those rows only (docs/design.md section 3).
 """
 
 from __future__ import annotations
