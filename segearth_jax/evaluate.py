@@ -155,14 +155,15 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
 def score(evaluator: metrics.Evaluator, line: dict, pred: Any, gt: Any) -> None:
     """Adds one record of `predictions` to `evaluator` (a failure is listed, never scored);
     its IoUs and GT count go into `line`."""
+    if "error" in line:
+        evaluator.failed(line["id"], line["error"])
+        return
     try:
-        if "error" in line:
-            raise RuntimeError(line["error"])
         line["iou"] = evaluator.add(line["id"], [line["subset"]], pred, gt,
                                     line.get("n_seg_emitted"))
         line["n_gt"] = int(gt.shape[0])
     except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
-        line.setdefault("error", f"{type(e).__name__}: {e}")
+        line["error"] = f"{type(e).__name__}: {e}"
         evaluator.failed(line["id"], line["error"])
 
 

@@ -26,6 +26,7 @@ targets drawn), `scene.json` (answer names, window count, sizes).
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 from pathlib import Path
@@ -54,8 +55,10 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts + [size - window]
 
 
+@functools.lru_cache(maxsize=8)
 def blend_weight(h: int, w: int) -> np.ndarray:
-    """[h, w] float32: 1 in the centre, falling linearly to EDGE_WEIGHT at the border."""
+    """[h, w] float32: 1 in the centre, falling linearly to EDGE_WEIGHT at the border (cached:
+    every full window shares one; do not modify it)."""
 
     def ramp(n: int) -> np.ndarray:
         d = np.minimum(np.arange(n) + 0.5, n - np.arange(n) - 0.5) / (n / 2)  # 0 edge .. 1 centre
