@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segearth_jax.generate import SegEarthPredictor  # noqa: E402
+from segearth_jax.inference import SegEarthPredictor  # noqa: E402
 from segearth_jax.predict import list_inputs, predict_many  # noqa: E402
 
 

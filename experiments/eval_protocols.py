@@ -28,7 +28,7 @@ from segearth_jax.evaluate import (  # noqa: E402
     predictions,
     score,
 )
-from segearth_jax.generate import SegEarthPredictor  # noqa: E402
+from segearth_jax.inference import SegEarthPredictor  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "the training configuration (data + eval)")
 flags.DEFINE_string("checkpoint", None, "a SegEarth-R2 model directory", required=True)

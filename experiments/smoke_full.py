@@ -88,7 +88,7 @@ def always_seg(params: dict, seg_id: int) -> dict:
 
 def run_predict(config, new_tokens: int) -> dict:
     from segearth_jax import predict, text
-    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.inference import SegEarthPredictor
     from segearth_jax.train import export
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from segearth_jax import metrics
-from segearth_jax.generate import SegEarthPredictor, masks_to_image
+from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
 MODES = ("teacher_forced", "generate")
 # Which questions of an image are scored: "all" (one example per question, as we build them), or

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from segearth_jax import visualize
-from segearth_jax.generate import SegEarthPredictor, masks_to_image
+from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
 
 def prepare(image: np.ndarray, instruction: str, predictor: SegEarthPredictor

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from segearth_jax import visualize
-from segearth_jax.generate import SegEarthPredictor, logits_to_image
+from segearth_jax.inference import SegEarthPredictor, logits_to_image
 
 EDGE_WEIGHT = 0.05  # blend weight at a window's border (1 at its centre)
 ABSENT_LOGIT = -20.0  # a window without target i: background for it

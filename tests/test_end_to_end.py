@@ -162,7 +162,7 @@ def test_predict_cli_writes_masks_overlay_heatmaps(env, trained, tmp_path):
 
 def test_predict_odd_images(trained, tmp_path):
     """Gray, RGBA and a 5 x 7 image, through the same loader as the command line."""
-    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.inference import SegEarthPredictor
     from segearth_jax.input.records import load_image
     from segearth_jax.predict import predict
 
@@ -224,7 +224,7 @@ def test_teacher_forced_masks_are_the_forward_at_the_gt_seg_positions(env, train
 
     from configs import tiny
     from segearth_jax import text
-    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.inference import SegEarthPredictor
     from segearth_jax.input import pipeline
 
     predictor = SegEarthPredictor(trained / "export")
@@ -290,7 +290,7 @@ def test_batch_predict_folder_resumes_and_skips_bad_files(env, trained, tmp_path
 def test_batch_predict_equals_one_image_at_a_time(trained, tmp_path):
     """A batch of images gives each one the answer and masks it gets alone (batching is
     padding only: the masks agree to a boundary pixel)."""
-    from segearth_jax.generate import SegEarthPredictor
+    from segearth_jax.inference import SegEarthPredictor
     from segearth_jax.predict import list_inputs, predict, predict_batch
 
     predictor = SegEarthPredictor(trained / "export", max_new_tokens=24)
@@ -378,7 +378,7 @@ def test_scene_is_stitched_without_seams(trained, tmp_path):
     whole scene (no seam where windows or strips meet); polygons lie in the source CRS."""
     import rasterio
 
-    from segearth_jax.generate import SegEarthPredictor, logits_to_image
+    from segearth_jax.inference import SegEarthPredictor, logits_to_image
     from segearth_jax.predict import stack
     from segearth_jax.scene import ABSENT_LOGIT, blend_weight, predict_scene, window_starts
 
