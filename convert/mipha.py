@@ -130,12 +130,19 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     out = write_converted(out, params, {"kind": "mipha", "variant": variant, "dtype": dtype,
                                         "overrides": {"lm_head_bias": lm_head_bias},
                                         "source": str(src.absolute())})
-    tok = [f for f in TOKENIZER_FILES if (src / f).exists()]
-    if tok:
-        (out / "tokenizer").mkdir()
-        for f in tok:
-            shutil.copy2(src / f, out / "tokenizer" / f)
+    copy_tokenizer(src, out)
     return out
+
+
+def copy_tokenizer(src: Path, out: Path) -> list[str]:
+    """Copies the tokenizer files of `src` (those of `TOKENIZER_FILES` present) into
+    `out/tokenizer/`; returns their names."""
+    names = [f for f in TOKENIZER_FILES if (src / f).exists()]
+    if names:
+        (out / "tokenizer").mkdir()
+        for f in names:
+            shutil.copy2(src / f, out / "tokenizer" / f)
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,50 +20,9 @@ sharded with an index above 5 GB; `pytorch_model.bin[.index.json]` is read too) 
   predictor.*                         -> seg_head/predictor/       m2f_transformer_decoder.d2_rules
   SEG_token_projector.{weight,bias}   -> seg_projector/{kernel,bias}  (Linear(E, 256))
 
-What differs from the published checkpoints those tables were written for, with the evidence
-(files of earth-insights/SegEarth-R2 as indexed: llava_phi.py @ 30aeeeb, train/*.py and the
-transformer decoder @ f2618bb, requirements.txt @ 4a72b01, unless another repository is named):
-  - `lm_head` is `nn.Linear(hidden, 51200, bias=False)` (llava_phi.py `SegEarthR2.__init__`): no
-    `lm_head.bias`; the written spec has `lm_head_bias: False`.
-  - `model.embed_tokens.weight` has `len(tokenizer)` rows, not 51200: train.py adds `[SEG]` and
-    calls `model.resize_token_embeddings(len(tokenizer))`, and so does the merge script
-    (transformers 4.38.2, requirements.txt). That resizes only the input embedding, because
-    `MiphaPhiForCausalLM` defines no `get_output_embeddings` (lm_head keeps 51200 rows). We pad
-    the embedding with zero rows up to the model's vocabulary: exact for every id the tokenizer
-    can produce (< len(tokenizer)), which are the only rows the official model can look up.
-  - The Swin tower (`model.vision_tower_mask`, mask_encoder/swin_trans.py `build_swin_b`) is the
-    Swin-Transformer-Semantic-Segmentation backbone with `out_indices=(0, 1, 2, 3)`: per-stage
-    output norms `norm0..norm3`, no final `norm`/`head`, `relative_position_index` buffers (kept
-    in the state dict, recomputed by us), shift masks computed in `forward` (no `attn_mask`
-    buffer). Its names are detectron2's `backbone.*` names (it is loaded with a strict
-    `load_state_dict` from the Mask2Former pkl's `backbone.*`). Read from the forks
-    ZiyiHuang2/resegearth and KkkzzkkK/Qwen3.5_SegEarth (the file is absent from the indexed
-    official snapshots).
-  - The pixel decoder is Mask2Former-Simplify's `MSDeformAttnPixelDecoder`
-    (mask_decoder/Mask2Former_Simplify/modeling/pixel_decoder/msdeformattn.py; read in
-    zzubqh/Mask2Former-Simplify and the SegEarth-R2 forks Arijeet-13/SegEarth-R2 and
-    ZiyiHuang2/resegearth): the FPN convs are `nn.Sequential(Conv2d, GroupNorm, ReLU)`, so the
-    keys are `adapter_1.0.weight`, `adapter_1.1.{weight,bias}`, `layer_1.0.weight`,
-    `layer_1.1.{weight,bias}` (the renames in `SegEarthR2.initial_mask_module` confirm the
-    indices), and, unlike detectron2, the convs have a bias (`adapter_1.0.bias`,
-    `layer_1.0.bias`; zero-initialized, absent from the pkl, then trained with the decoder) and
-    `adapter_1` ends in a ReLU. The written model has `PixelDecoderConfig.simplify_fpn` on (conv
-    biases at `{adapter,layer}_k/conv/bias`, the lateral ReLU), tested against HF's decoder with
-    those modules swapped in. `--detectron2-fpn` builds detectron2's FPN instead: then the
-    biases must be exactly zero (dropping a zero bias is exact), a non-zero one raises.
-  - The predictor is `MultiScaleMaskedTransformerDecoderForOPTPreTrain`
-    (Mask2Former_Simplify/modeling/transformer_decoder/mask2former_transformer_decoder.py): the
-    detectron2 layer names (`transformer_{self,cross}_attention_layers`, `transformer_ffn_layers`,
-    `decoder_norm`, `mask_embed.layers.{0,1,2}`, `level_embed`), `input_proj` empty
-    (`in_channels == hidden_dim`), no `class_embed`, plus tables its forward never reads with
-    `use_seg_query=False` (the default; `predictor_init` does not pass it): `query_feat` (the
-    output starts from the `[SEG]` embedding), `query_embed` and `new_query_embed` (the query
-    position is `torch.zeros` of `new_query_embed`'s shape), `SEG_query_embed`, and `SEG_proj`,
-    `SEG_norm`, `seg_proj_after_norm` (used only when `SEG_embedding` is passed to
-    `forward_prediction_heads`, which `use_seg_query=False` never does).
-  - LoRA: merged, so there are no LoRA factors; the written spec has LoRA rank 0 (a fine-tuning
-    config adds fresh factors).
-  - `Criterion`, `AttentionLoss` and `PositionEmbeddingSine` hold no parameters or buffers.
+What differs from the published checkpoints those tables were written for (no lm_head bias,
+the resized embedding, the Swin tower's names, the Mask2Former-Simplify FPN, the predictor's
+unused tables, merged LoRA), with the evidence: docs/checkpoints.md.
 
 Unused checkpoint keys (listed as `Gap`s, printed at the start): SigLIP's pooling head, its last
 layer and post-layernorm (Mipha feeds hidden_states[-2]), the Swin `relative_position_index`
@@ -80,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -252,17 +210,6 @@ def infer_variant(src: Path) -> str:
                           f"{sorted(VARIANTS)}; pass --variant")
 
 
-def copy_tokenizer(src: Path, out: Path) -> list[str]:
-    """Copies the tokenizer files of `src` (those of `convert.mipha.TOKENIZER_FILES` present)
-    into `out/tokenizer/`; returns their names."""
-    names = [f for f in mipha.TOKENIZER_FILES if (src / f).exists()]
-    if names:
-        (out / "tokenizer").mkdir()
-        for f in names:
-            shutil.copy2(src / f, out / "tokenizer" / f)
-    return names
-
-
 def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
             dtype: str = "bfloat16", dry_run: bool = False, simplify_fpn: bool = True) -> Path:
     """Converts the merged SegEarth-R2 directory `src` into `out`; returns `out`. With `dry_run`
@@ -288,7 +235,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
                                         "model": model_spec(variant, dtype, simplify_fpn),
                                         "source": str(src.absolute())})
-    copy_tokenizer(src, out)
+    mipha.copy_tokenizer(src, out)
     return out
 
 

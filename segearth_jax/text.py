@@ -54,14 +54,6 @@ def conversation(instruction: str, answer: str | None = None, **template) -> str
     return prompt if reply is None else prompt + reply
 
 
-def template_kwargs(data_config) -> dict:
-    """The template options of a `config.data` (ConfigDict or mapping), for `conversation`."""
-    get = data_config.get
-    return dict(template=get("template", "default"),
-                seg_in_prompt=bool(get("seg_in_prompt", False)),
-                official_prompt=bool(get("official_prompt", False)))
-
-
 def load_tokenizer(directory: str | Path):
     """The tokenizer saved beside converted weights, with `[SEG]` added as a token."""
     from transformers import AutoTokenizer

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-SEG = "[SEG]"
 # Distinct RGB colours, in order of use; more masks continue with golden-ratio hues.
 PALETTE = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48),

@@ -26,7 +26,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segearth_jax.input.records import (
-    SEG,
     BadInput,
     Record,
     SkipReport,
@@ -35,6 +34,7 @@ from segearth_jax.input.records import (
     decode_rle,
     load_mask,
 )
+from segearth_jax.text import SEG
 
 REFER_INSTRUCTION = "Please segment {expression} in this image."
 REFER_ANSWER = "Sure, it is <p>{expression}</p>" + SEG + "."

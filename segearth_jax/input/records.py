@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-SEG = "[SEG]"
+from segearth_jax.text import SEG
+
 POLICIES = ("raise", "skip")
 MAX_PIXELS = 1 << 28  # Sanity bound on a mask size declared in an annotation (16384 x 16384).
 
