@@ -8,12 +8,12 @@ every parameter trains; the tokenizer is a small byte-level BPE trained on the t
     --config.data.manual_dir=demo_out/synthetic_raw --config.data.data_dir=demo_out/tfds
 """
 
-from configs import common
+from configs import segearth_r2
 
 
 def get_config(arg=None):
     del arg
-    c = common.base()
+    c = segearth_r2.base()
     c.model.mllm.update(dict(variant="tiny", dtype="float32", attention_impl="xla",
                              remat_policy="none", vocab_size=2048))
     c.model.seg_head.update(dict(variant="tiny", dtype="float32"))
@@ -26,7 +26,7 @@ def get_config(arg=None):
         max_len=256, max_seg=4, max_prompt_len=192, batch_size=8, worker_count=0, prefetch=2,
         # A 4x4 image grid: most targets cover < half a cell; '> 0' keeps them visible.
         spatial_gt="official"))
-    c.loss.update(dict(num_points=2048, num_heads=4))
+    c.loss.num_points = 2048
     c.optim.update(dict(lr=1e-3, warmup_frac=0.05))
     c.total_steps = 300
     c.log_every = 25

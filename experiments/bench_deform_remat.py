@@ -5,11 +5,12 @@
 
 Mask2Former's pixel decoder (Swin-B channels, 6 deformable encoder layers) on the backbone maps
 of a 1024 x 1024 image (res2..res5: 256^2 x 128 ... 32^2 x 1024), computed in bf16 with fp32
-parameters, as configs/lasers.py trains it; the value and gradient of a scalar of its outputs
-with respect to all its parameters, for `remat` = "none" (autodiff keeps every activation, the
-gathered bilinear corner values included), "sampling" (only the bilinear sampling is recomputed
-in the backward: `jax.checkpoint` around `multi_scale_deformable_attention`) and "layer" (each
-whole encoder layer is recomputed: `nn.remat`). Prints per variant the compiled program's memory
+parameters, as configs/segearth_r2.py:lasers trains it; the value and gradient of a scalar of
+its outputs with respect to all its parameters, for `remat` = "none" (autodiff keeps every
+activation, the gathered bilinear corner values included), "sampling" (only the bilinear
+sampling is recomputed in the backward: `jax.checkpoint` around
+`multi_scale_deformable_attention`) and "layer" (each whole encoder layer is recomputed:
+`nn.remat`). Prints per variant the compiled program's memory
 (XLA's memory analysis: arguments + temporaries) and, unless `--compile-only`, the median time of
 a step over `--iters`. On the CPU, run it with
 `XLA_FLAGS=--xla_disable_hlo_passes=while-loop-invariant-code-motion` (as bench_train's memory

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from experiments.timing import timeit  # noqa: E402
 from segearth_jax import text  # noqa: E402
-from segearth_jax.input import pipeline, tokens  # noqa: E402
+from segearth_jax.input import pipeline, settings, tokens  # noqa: E402
 from segearth_jax.input import preprocess as P  # noqa: E402
 
 INSTRUCTION = "Please segment the airplane and the tennis court next to the storage tanks."
@@ -55,7 +55,7 @@ def synthetic_records(n: int, size: int, seed: int = 0) -> list[dict]:
 
 def stage_times(record: dict, tok, cfg) -> dict[str, float]:
     """Median single-process seconds of each stage for one record."""
-    s = pipeline.Settings.from_config(cfg)
+    s = settings.Settings.from_config(cfg)
     img = pipeline.decode_image(record)
     masks = record["masks"]
     _, extent = P.swin_view(img, s.image_size)
@@ -110,7 +110,7 @@ def main() -> None:
         d = Path(tempfile.mkdtemp())
         write_tokenizer(d, vocab_size=512)
         tok = text.load_tokenizer(d)
-    cfg = pipeline.default_data_config()
+    cfg = settings.default_data_config()
     cfg.batch_size = 4
     print(f"cpus {os.cpu_count()}, workers {args.workers}, batch {cfg.batch_size}, canvas "
           f"{cfg.image_size}, siglip {cfg.siglip_size}, max_len {cfg.max_len}, "

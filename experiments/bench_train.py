@@ -25,7 +25,7 @@ scanned stack's per-layer slice to f32 and that pass hoists the convert out of t
 whole-stack f32 copy, which a GPU (native bf16) does not make (experiments/RESULTS.md).
 `--json FILE` writes the figures (`devices`, `compile_s`, `per_device_bytes`, `breakdown`, ...).
 
-Random batches with the pipeline's shapes (`segearth_jax.train.random_batch`); weights are
+Random batches with the pipeline's shapes (`segearth_jax.testing.random_batch`); weights are
 random (the speed does not depend on them). Ours: `Trainer.step_fn`, the jitted step (median
 over `--iters`), with the compiled step's memory (arguments + temporaries, from XLA's memory
 analysis) and its FLOPs. The FLOPs are counted from the step's jaxpr (`segearth_jax.flops`:
@@ -83,13 +83,14 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss  # noqa: E402
 
-from configs import common, tiny  # noqa: E402
+from configs import segearth_r2, tiny  # noqa: E402
 from experiments.bench_infer import hf_mask2former  # noqa: E402
 from experiments.timing import cpu_memory_peak, cpu_memory_reset, timeit  # noqa: E402
 from segearth_jax.flops import count_flops  # noqa: E402
 from segearth_jax.models.lora import LoRAConfig  # noqa: E402
 from segearth_jax.models.segearth_r2 import SegEarthR2Config  # noqa: E402
-from segearth_jax.train import Trainer, abstract_batch, random_batch  # noqa: E402
+from segearth_jax.testing import random_batch  # noqa: E402
+from segearth_jax.train import Trainer, abstract_batch  # noqa: E402
 
 # bf16 dense peak FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -141,9 +142,8 @@ def preset(name: str, spatial: str, overrides: list[str] = ()):
         c.model.mllm.update(dict(hidden_size=512, num_layers=8, num_heads=8,
                                  intermediate_size=2048, partial_rotary_factor=0.5))
         c.data.update(dict(image_size=256, max_len=256, batch_size=4))
-        c.loss.num_heads = 8
     elif name == "lasers":
-        c = common.base()
+        c = segearth_r2.base()
         c.tokenizer = ""
     else:
         raise SystemExit(f"unknown preset {name}")

@@ -31,7 +31,8 @@ import jax  # noqa: E402
 
 from experiments.bench_train import preset  # noqa: E402
 from experiments.hlo import instructions, part_of  # noqa: E402
-from segearth_jax.train import Trainer, random_batch  # noqa: E402
+from segearth_jax.testing import random_batch  # noqa: E402
+from segearth_jax.train import Trainer  # noqa: E402
 
 # Ops whose traced time contains other traced ops.
 CONTAINERS = ("while", "call", "conditional", "async-start", "async-done")

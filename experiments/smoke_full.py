@@ -1,7 +1,7 @@
 """The full-size model (Mipha-3B + Swin-B at 1024, bf16, random weights) run for real on the CPU:
 the init, one prediction, one train step. An experiment (minutes), not a test.
 
-    python experiments/smoke_full.py --what init      # Trainer.init of configs/lasers.py
+    python experiments/smoke_full.py --what init      # Trainer.init, configs/segearth_r2.py:lasers
     python experiments/smoke_full.py --what predict   # one image through SegEarthPredictor
     python experiments/smoke_full.py --what train     # one train step at batch 1, remat on
 
@@ -42,10 +42,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configs import lasers  # noqa: E402
+from configs import segearth_r2  # noqa: E402
 from experiments.timing import cpu_memory_reset, peak_rss_bytes  # noqa: E402
 from segearth_jax import optim  # noqa: E402
-from segearth_jax.train import Trainer, random_batch  # noqa: E402
+from segearth_jax.testing import random_batch  # noqa: E402
+from segearth_jax.train import Trainer  # noqa: E402
 
 GIB = 2**30
 
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--what", required=True, choices=["init", "predict", "train"])
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
-    config = lasers.get_config()
+    config = segearth_r2.get_config("lasers")
     print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()} "
           f"({jax.default_backend()}); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
           flush=True)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,7 @@ import numpy as np
 
 from segearth_jax import checkpoint, sharding, text
 from segearth_jax.generate import generate
-
-
-@dataclasses.dataclass(frozen=True)
-class InputGeometry:
-    """Image and prompt sizes a SegEarth-R2 model was trained with (saved in model.json)."""
-
-    siglip_size: int = 384
-    image_size: int = 1024
-    patch_size: int = 14
-    image_token_id: int = -200
-    max_prompt_len: int = 960
-    max_seg: int = 8
-    template: str = "default"
-    seg_in_prompt: bool = False
-    official_prompt: bool = False
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> InputGeometry:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in spec.get("input", {}).items() if k in known})
+from segearth_jax.input.settings import Settings
 
 
 class SegEarthPredictor:
@@ -59,7 +39,8 @@ class SegEarthPredictor:
                              "'segearth_r2' (a convert.segearth_r2 output or a training export)")
         self.config = SegEarthR2Config.from_config(spec["model"])
         self.model = SegEarthR2(self.config)
-        self.geometry = InputGeometry.from_spec(spec)
+        self.geometry = Settings.from_spec(spec)  # the inputs it was trained on
+        self.geometry.check_model(self.config)
         # Params replicated on this process's devices; batches split over them (data parallel;
         # the jitted calls follow the inputs' shardings). Processes get different records.
         self.mesh = sharding.make_mesh(-1, 1, jax.local_devices())
@@ -144,7 +125,7 @@ class SegEarthPredictor:
         att = np.asarray(self._probe(self.params, siglip_pixels[None], ids, seg))[0]
         if att.ndim == 3:  # [H, Q, N] when the probe keeps heads
             att = att.mean(axis=0)
-        g = self.geometry.siglip_size // self.geometry.patch_size
+        g = self.geometry.grid
         return att[:len(seg_index)].reshape(len(seg_index), g, g)
 
     @functools.cached_property

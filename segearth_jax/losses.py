@@ -40,7 +40,6 @@ def default_loss_config() -> ml_collections.ConfigDict:
         spatial_variant="paper",  # 'paper' | 'official' | 'none'.
         spatial_divide_by_all_rows=False,  # paper variant: True = official row normalization.
         spatial_eps=1e-8,
-        num_heads=32,  # LLM attention heads (official variant sums them).
     ))
 
 
@@ -275,8 +274,8 @@ def loss_denominators(batch: dict[str, jax.Array], config: Any) -> dict[str, jax
 
 
 def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rng: jax.Array,
-                  config: Any, denominators: dict[str, jax.Array] | None = None
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                  config: Any, denominators: dict[str, jax.Array] | None = None, *,
+                  num_heads: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Total SegEarth-R2 loss and its unweighted parts.
 
     outputs: `logits` [B, T, V], `mask_logits` [P, B, Q, h, w], `seg_attention` [Lyr, B, Q, N]
@@ -286,6 +285,8 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
     config: attributes of `default_loss_config()`.
     denominators: `loss_denominators` of the whole batch when `batch` is one of its
       micro-batches (None: this batch's own counts).
+    num_heads: the LLM's attention heads; the official spatial variant sums over heads, so it
+      needs them when `seg_attention` is the head mean (the model's config has them).
     Returns (loss, metrics): loss = text + bce_weight * bce + dice_weight * dice +
     spatial_weight * spatial; metrics hold every part unweighted, `loss`, `n_masks`, `n_tokens`.
     """
@@ -310,7 +311,6 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
             raise ValueError(f"segearth_loss: seg_attention {attn.shape} ([Lyr, B, Q, N] or "
                              f"[Lyr, B, H, Q, N]) does not match masks_grid {grid.shape} "
                              "([B, Q, g, g], N = g * g)")
-        num_heads = config.num_heads
         if attn.ndim == 5:  # all heads sown: [Lyr, B, H, Q, N].
             num_heads, attn = attn.shape[2], attn.mean(axis=2)
         eps = getattr(config, "spatial_eps", 1e-8)
@@ -320,6 +320,9 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
                 divide_by_all_rows=getattr(config, "spatial_divide_by_all_rows", False),
                 denominator=den.get("spatial"))
         else:
+            if num_heads is None:
+                raise ValueError("segearth_loss: the official spatial variant on head-mean "
+                                 "attention needs num_heads (the LLM's attention heads)")
             spatial = spatial_loss_official(attn, num_heads, target, valid, eps=eps,
                                             denominator=den.get("spatial"))
 

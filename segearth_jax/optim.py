@@ -65,11 +65,15 @@ def learning_rate(config: Any) -> optax.Schedule:
 
 
 def make_optimizer(config: Any) -> optax.GradientTransformation:
-    """AdamW (paper: lr 1e-4, weight decay 0) with optional global-norm clipping."""
+    """AdamW (paper: lr 1e-4, weight decay 0) with optional global-norm clipping, inside
+    `optax.apply_if_finite`: a step whose gradients are not all finite changes neither the
+    params nor the AdamW moments (the train loop then stops at its next check; see
+    `bad_step`)."""
     o = config.optim
     chain = []
     if o.grad_clip and o.grad_clip > 0:
         chain.append(optax.clip_by_global_norm(o.grad_clip))
     chain.append(optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
                              weight_decay=o.weight_decay))
-    return optax.chain(*chain)
+    # Never give up skipping: the loop stops on the first non-finite step anyway.
+    return optax.apply_if_finite(optax.chain(*chain), max_consecutive_errors=2**30)

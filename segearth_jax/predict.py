@@ -33,9 +33,8 @@ def prepare(image: np.ndarray, instruction: str, predictor: SegEarthPredictor
     g = predictor.geometry
     swin, canvas_hw = preprocess.swin_view(image, g.image_size)
     enc = tokens.encode_prompt(
-        predictor.tokenizer, instruction, n_image_tokens=(g.siglip_size // g.patch_size) ** 2,
-        image_token_id=g.image_token_id, max_prompt_len=g.max_prompt_len, template=g.template,
-        seg_in_prompt=g.seg_in_prompt, official_prompt=g.official_prompt)
+        predictor.tokenizer, instruction, n_image_tokens=g.n_image_tokens,
+        image_token_id=g.image_token_id, max_prompt_len=g.max_prompt_len, **g.template_kwargs)
     return {"siglip_pixels": preprocess.siglip_view(image, g.siglip_size)[None],
             "pixels": swin[None], "input_ids": enc["input_ids"][None],
             "attention_mask": enc["attention_mask"][None],

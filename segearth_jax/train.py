@@ -10,12 +10,12 @@ the means of the metrics over the steps since the previous line).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import os
 import signal
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,9 @@ from ml_collections import config_flags
 from segearth_jax import checkpoint, losses, optim, sharding
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
+from segearth_jax.input.settings import Settings
 from segearth_jax.models.lora import merge_lora
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config, seg_attention
-
-MODEL_INPUTS = ("input_ids", "siglip_pixels", "pixels", "seg_positions")
-LOSS_INPUTS = ("labels", "masks", "masks_grid", "seg_valid")
 
 
 @flax.struct.dataclass
@@ -73,39 +71,6 @@ def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtyp
     the step without data."""
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
             for k, v in example_batch(config, config.data.batch_size).items()}
-
-
-def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
-    """A deterministic random global train batch with the pipeline's shapes: image span, a
-    labelled answer span, one or two `[SEG]`s with rectangle masks (tests, benchmarks)."""
-    d = config.data
-    b = d.batch_size
-    r = np.random.default_rng(seed)
-    batch = example_batch(config, b)
-    g = d.siglip_size // d.patch_size
-    n_img = g * g
-    a = 3 + n_img + 10  # answer start
-    if a + 20 > d.max_len:
-        raise ValueError(f"max_len {d.max_len} < {a + 20} needed by the random batch")
-    ids = r.integers(1, 400, (b, d.max_len)).astype(np.int32)
-    ids[:, 3:3 + n_img] = d.image_token_id
-    batch["input_ids"] = ids
-    labels = np.full((b, d.max_len), -100, np.int32)
-    labels[:, a:a + 20] = ids[:, a:a + 20]
-    batch["labels"] = labels
-    batch["siglip_pixels"] = r.uniform(-1, 1, batch["siglip_pixels"].shape).astype(np.float32)
-    batch["pixels"] = r.normal(size=batch["pixels"].shape).astype(np.float32)
-    batch["seg_positions"][:, 0] = a + 5
-    batch["seg_positions"][::2, 1] = a + 10
-    batch["seg_valid"] = batch["seg_positions"] >= 0
-    s = d.image_size
-    masks = np.zeros_like(batch["masks"])
-    masks[:, :, s // 4:s // 2, s // 8:s // 2] = 1
-    batch["masks"] = masks * batch["seg_valid"][:, :, None, None]
-    grid = np.zeros_like(batch["masks_grid"])
-    grid[:, :, 1:3, 0:2] = 1
-    batch["masks_grid"] = grid * batch["seg_valid"][:, :, None, None]
-    return batch
 
 
 def _model_args(batch: dict[str, Any]) -> tuple:
@@ -164,7 +129,8 @@ def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
         out, inter = model.apply({"params": params}, *_model_args(batch), deterministic=False,
                                  rngs={"dropout": drop_rng}, mutable=["intermediates"])
         outputs = {**out, "seg_attention": seg_attention(inter["intermediates"])}
-        return losses.segearth_loss(outputs, batch, loss_rng, config.loss, denominators)
+        return losses.segearth_loss(outputs, batch, loss_rng, config.loss, denominators,
+                                    num_heads=model.config.mllm.llm.num_heads)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -191,16 +157,14 @@ def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
     def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         metrics, grads = loss_and_grads(state.params, frozen, batch, rng)
-        loss = metrics["loss"]
+        # `tx` skips a step with non-finite gradients (optax.apply_if_finite, see
+        # optim.make_optimizer); the host stops at its next check of `bad_step`.
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         gnorm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        # A non-finite step leaves the state untouched; the host stops at the next check.
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
         new = TrainState(
-            step=state.step + 1, params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state), rng=state.rng,
+            step=state.step + 1, params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state, rng=state.rng,
             bad_step=jnp.where((state.bad_step < 0) & ~ok, state.step, state.bad_step))
         metrics = {**metrics, "grad_norm": gnorm,
                    "learning_rate": optim.learning_rate(config)(state.step)}
@@ -216,12 +180,14 @@ class Trainer:
         self.config = config
         self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
         self.model = build_model(config)
+        Settings.from_config(config.data).check_model(self.model.config)
         self.tx = optim.make_optimizer(config)
         self.batch_size = config.data.batch_size
         self.accum_steps = accum_steps(config)
         # The axes each (micro-)batch splits over (data x fsdp, or data alone when its rows do
         # not divide over every device: then replicated over fsdp).
         self.batch_axes = sharding.batch_axes(self.mesh, self.batch_size // self.accum_steps)
+        self.batch_keys = tuple(example_batch(config, 1))  # the step's inputs
 
     def init(self, rng_seed: int) -> tuple[TrainState, Any]:
         """Fresh state: (TrainState, frozen params), each leaf made once, in its sharding and
@@ -240,17 +206,27 @@ class Trainer:
     def abstract_init(self) -> tuple[TrainState, Any]:
         """The shapes, dtypes and shardings `init` gives, nothing allocated (`jax.eval_shape`):
         for compiling or costing the full-size step on any machine."""
+        return self._abstract
 
+    @functools.cached_property
+    def _abstract(self) -> tuple[TrainState, Any]:
         def fresh(rng):
             params = random_params(self.config, self.model)(rng)
             return self._split_state(flax.core.unfreeze(params), rng)
 
         state, frozen = jax.eval_shape(fresh, jax.random.key(0))
-        self.state_sharding = self._state_shardings(state)
-        self.frozen_sharding = sharding.param_shardings(self.mesh, frozen)
         put = lambda tree, sh: jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
-        return put(state, self.state_sharding), put(frozen, self.frozen_sharding)
+        return (put(state, self._state_shardings(state)),
+                put(frozen, sharding.param_shardings(self.mesh, frozen)))
+
+    @property
+    def state_sharding(self) -> TrainState:
+        return jax.tree.map(lambda x: x.sharding, self._abstract[0])
+
+    @property
+    def frozen_sharding(self) -> Any:
+        return jax.tree.map(lambda x: x.sharding, self._abstract[1])
 
     def _split_state(self, params: dict, rng: jax.Array) -> tuple[TrainState, Any]:
         trainable, frozen = optim.split_params(params, list(self.config.trainable))
@@ -270,6 +246,8 @@ class Trainer:
 
     @functools.cached_property
     def step_fn(self):
+        """The jitted step: (state, frozen, global batch) -> (state, metrics); the state is
+        donated."""
         batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim, self.batch_axes)
                     for k, v in example_batch(self.config, 1).items()}
         return jax.jit(make_train_step(self.model, self.config, self.tx, self.mesh,
@@ -279,8 +257,9 @@ class Trainer:
                        donate_argnums=0)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        keys = example_batch(self.config, 1).keys()
-        return sharding.global_batch(self.mesh, {k: local[k] for k in keys}, self.batch_axes)
+        """This process's rows of the step's inputs -> global arrays over the mesh."""
+        return sharding.global_batch(self.mesh, {k: local[k] for k in self.batch_keys},
+                                     self.batch_axes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,12 +311,9 @@ def export(directory: Path, config: ml_collections.ConfigDict, params: dict, tok
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         checkpoint.save_params(directory, merged)
-        d = config.data
-        geometry = {k: d[k] for k in ("siglip_size", "image_size", "patch_size", "image_token_id",
-                                      "max_prompt_len", "max_seg", "template", "seg_in_prompt",
-                                      "official_prompt")}
-        checkpoint.write_model_spec(directory, {"kind": "segearth_r2", "model": model,
-                                                "input": geometry})
+        checkpoint.write_model_spec(directory, {
+            "kind": "segearth_r2", "model": model,
+            "input": Settings.from_config(config.data).to_spec()})
         shutil.copytree(tokenizer_dir, directory / "tokenizer")
     return directory
 
@@ -345,9 +321,23 @@ def export(directory: Path, config: ml_collections.ConfigDict, params: dict, tok
 # ---------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+@dataclasses.dataclass
+class StepEnd:
+    """What an `on_step` callback of `train_and_evaluate` sees after each step (and after that
+    step's checkpoint, if one was due)."""
+
+    step: int  # steps done
+    batch: dict[str, np.ndarray]  # this process's rows of the step's batch (with record_index)
+    state: TrainState
+    checkpoints: ocp.CheckpointManager
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                       on_step: Callable[[StepEnd], None] | None = None) -> dict[str, float]:
     """Trains `config.total_steps` steps (resuming from `workdir` if it holds a checkpoint),
-    exports the merged model to `workdir/export`; returns the last logged metrics."""
+    exports the merged model to `workdir/export`; returns the last logged metrics.
+    `on_step(StepEnd)` runs after every step (tests use it to record the data order or to
+    crash the run)."""
     from segearth_jax.input import pipeline
 
     workdir = Path(workdir)
@@ -364,77 +354,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     data_iter = iter(loader)
 
     state, frozen = trainer.init(config.seed)
-    if jax.process_index() == 0:
-        k = trainer.accum_steps
-        print(f"global batch {trainer.batch_size} per step over {trainer.mesh.size} device(s)"
-              + (f" ({k} accumulated micro-batches of {trainer.batch_size // k})" if k > 1
-                 else "")
-              + ("; rows replicated over fsdp (they do not divide over every device)"
-                 if trainer.batch_axes != sharding.BATCH_AXES else ""), flush=True)
+    _print_layout(trainer)
     mngr = checkpoint_manager(workdir, config)
     if mngr.latest_step() is not None:
         state = restore(mngr, state, data_iter)
         logging.info("resumed from %s at step %d", workdir, int(state.step))
-    start = int(jax.device_get(state.step))
-    total = config.total_steps
+    state, last = _loop(trainer, state, frozen, data_iter, mngr, workdir, on_step)
+    if int(jax.device_get(state.step)) >= config.total_steps and config.get("export", True):
+        params = optim.merge_params(jax.device_get(state.params), jax.device_get(frozen))
+        export(workdir / "export", config, params, tokenizer_dir)
+        if jax.process_index() == 0:
+            print(f"exported the merged model to {workdir / 'export'}", flush=True)
+    mngr.close()
+    return last
 
-    is_main = jax.process_index() == 0
+
+def _print_layout(trainer: Trainer) -> None:
+    if jax.process_index() != 0:
+        return
+    k = trainer.accum_steps
+    print(f"global batch {trainer.batch_size} per step over {trainer.mesh.size} device(s)"
+          + (f" ({k} accumulated micro-batches of {trainer.batch_size // k})" if k > 1 else "")
+          + ("; rows replicated over fsdp (they do not divide over every device)"
+             if trainer.batch_axes != sharding.BATCH_AXES else ""), flush=True)
+
+
+def _loop(trainer: Trainer, state: TrainState, frozen: Any, data_iter: Any,
+          mngr: ocp.CheckpointManager, workdir: Path,
+          on_step: Callable[[StepEnd], None] | None) -> tuple[TrainState, dict[str, float]]:
+    """Steps from `state.step` to `total_steps`: metrics logged every `log_every` steps (means
+    since the previous line) to the clu writer (console + TensorBoard) and metrics.jsonl, the
+    progress (steps/s, ETA) by clu's `ReportProgress`; checkpoints every `checkpoint.every`
+    steps, at the end, and on SIGTERM (then it returns early)."""
     # Imported here: clu's writers import TensorFlow, which the Trainer does not need.
     from clu import metric_writers, periodic_actions
 
+    config, is_main = trainer.config, jax.process_index() == 0
+    start, total = int(jax.device_get(state.step)), config.total_steps
     writer = metric_writers.create_default_writer(str(workdir / "logs"), just_logging=not is_main)
     if start == 0:
-        writer.write_hparams({k: v for k, v in _flat_config(config).items()})
-    progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-    debug = config.get("debug") or {}
+        writer.write_hparams(_flat_config(config))
+    progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                               every_steps=config.log_every, every_secs=None)
     stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        stop["signal"] = signum
-
-    old = signal.signal(signal.SIGTERM, on_signal)
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     last: dict[str, float] = {}
-    window, window_sum = 0, None  # Metrics summed on device since the last log line.
-    t0 = time.time()
+    window, window_sum = 0, None  # metrics summed on device since the last log line
     try:
         for step in range(start, total):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 local = next(data_iter)
-                batch = trainer.global_batch(local)
-                state, metrics = trainer.step_fn(state, frozen, batch)
+                state, metrics = trainer.step_fn(state, frozen, trainer.global_batch(local))
             window += 1
             window_sum = metrics if window_sum is None else jax.tree.map(
                 jnp.add, window_sum, metrics)
             done = step + 1
-            if debug.get("log_data_order"):  # which records each step saw (resume tests)
-                with open(workdir / f"data_order.{jax.process_index()}.txt", "a") as f:
-                    f.write(f"{done} {' '.join(map(str, local['record_index'].tolist()))}\n")
-            progress(done)
             if done % config.log_every == 0 or done == total:
-                # Logged values: means over the steps since the previous log line.
                 last = {k: float(v) / window for k, v in jax.device_get(window_sum).items()}
                 window, window_sum = 0, None
-                bad = int(jax.device_get(state.bad_step))
-                if bad >= 0:
-                    raise FloatingPointError(
-                        f"non-finite loss or gradient at step {bad} (loss components: {last}); "
-                        f"stopping without saving. Last good checkpoint: {mngr.latest_step()}")
+                _check_finite(state, last, mngr)
                 writer.write_scalars(done, last)
                 if is_main:
                     with open(workdir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"step": done, **last}) + "\n")
-                    rate = (done - start) / max(time.time() - t0, 1e-9)
-                    eta = (total - done) / max(rate, 1e-9)
-                    parts = "  ".join(f"{k.removesuffix('_loss')} {last[k]:.4f}" for k in
-                                      ("loss", "text_loss", "bce_loss", "dice_loss",
-                                       "spatial_loss"))
-                    print(f"step {done}/{total}  {parts}  {rate:.2f} steps/s  ETA {eta:.0f}s",
-                          flush=True)
+            progress(done)
             if done % config.checkpoint.every == 0 or done == total or stop["signal"]:
                 save(mngr, state, data_iter)
-            if done == debug.get("sigkill_after_step"):  # a hard crash right after a checkpoint
-                mngr.wait_until_finished()
-                os.kill(os.getpid(), signal.SIGKILL)
+            if on_step is not None:
+                on_step(StepEnd(done, local, state, mngr))
             if stop["signal"]:
                 logging.warning("signal %s: checkpoint saved at step %d, exiting",
                                 stop["signal"], done)
@@ -443,13 +430,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     finally:
         signal.signal(signal.SIGTERM, old)
         writer.flush()
-    if int(jax.device_get(state.step)) >= total and config.get("export", True):
-        params = optim.merge_params(jax.device_get(state.params), jax.device_get(frozen))
-        export(workdir / "export", config, params, tokenizer_dir)
-        if is_main:
-            print(f"exported the merged model to {workdir / 'export'}", flush=True)
-    mngr.close()
-    return last
+    return state, last
+
+
+def _check_finite(state: TrainState, last: dict[str, float], mngr: ocp.CheckpointManager):
+    bad = int(jax.device_get(state.bad_step))
+    if bad >= 0:
+        raise FloatingPointError(
+            f"non-finite loss or gradient at step {bad} (loss components: {last}); "
+            f"stopping without saving. Last good checkpoint: {mngr.latest_step()}")
 
 
 def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -52,10 +52,11 @@ def _run(env: dict, module: str, *args: str, check: bool = True) -> subprocess.C
 
 
 def _train(env: dict, workdir: Path, *extra: str, check: bool = True):
-    return _run(env, "segearth_jax.train", "--config", "configs/tiny.py", "--workdir",
+    """The training command with the test hooks of tests/train_hooks.py (the data order of each
+    step; an optional SIGKILL)."""
+    return _run(env, "tests.train_hooks", "--config", "configs/tiny.py", "--workdir",
                 str(workdir), *env["flags"], "--config.total_steps=6",
-                "--config.checkpoint.every=2", "--config.debug.log_data_order=True", *extra,
-                check=check)
+                "--config.checkpoint.every=2", "--log_data_order", *extra, check=check)
 
 
 def _data_order(workdir: Path) -> dict[int, str]:
@@ -77,7 +78,7 @@ def trained(env) -> Path:
 
 def test_killed_run_resumes_bitwise(env, trained):
     workdir = env["root"] / "run_b"
-    killed = _train(env, workdir, "--config.debug.sigkill_after_step=4", check=False)
+    killed = _train(env, workdir, "--sigkill_after_step=4", check=False)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (workdir / "export").exists()
     _train(env, workdir)  # resumes from the step-4 checkpoint

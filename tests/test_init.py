@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(fsdp: int = 1):
-    from configs import common, tiny
+    from configs import segearth_r2, tiny
 
     c = tiny.get_config()
-    c.trainable = common.TRAINABLE  # the paper's split: frozen towers, LoRA + heads trained
+    c.trainable = segearth_r2.TRAINABLE  # the paper's split: frozen towers, LoRA + heads trained
     c.frozen_dtype = "bfloat16"
     c.data.batch_size = 8
     c.mesh.fsdp = fsdp
@@ -92,7 +92,7 @@ def check_restore(tmp: Path, fsdp: int) -> None:
     # The restored values are the checkpoint's, not the random init's.
     k = "mllm/llm/model/embed_tokens/embedding"
     assert not np.array_equal(np.asarray(src[k]), np.asarray(fresh[k]))
-    assert np.all(np.asarray(state.opt_state[1][0].mu["seg_projector"]["kernel"]) == 0)
+    assert np.all(np.asarray(state.opt_state.inner_state[1][0].mu["seg_projector"]["kernel"]) == 0)
 
 
 def test_init_restores_checkpoints_into_typed_targets(tmp_path):

@@ -402,7 +402,7 @@ def _combiner_inputs(seed=0):
 
 def _config(**overrides):
     cfg = losses.default_loss_config()
-    cfg.num_points, cfg.num_heads = 24, 4
+    cfg.num_points = 24
     cfg.update(overrides)
     return cfg
 

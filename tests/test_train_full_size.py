@@ -1,7 +1,7 @@
 """The paper's training setup at full size, shapes only (`jax.eval_shape`, nothing allocated):
-configs/lasers.py (Mipha-3B with LoRA r8 on q/v, Swin-B + Mask2Former at 1024 px, batch 4,
-1024 tokens, bf16) through `Trainer.abstract_init` and the jitted train step, and the FLOPs of
-that step, counted from its jaxpr."""
+configs/segearth_r2.py:lasers (Mipha-3B with LoRA r8 on q/v, Swin-B + Mask2Former at 1024 px,
+batch 4, 1024 tokens, bf16) through `Trainer.abstract_init` and the jitted train step, and the
+FLOPs of that step, counted from its jaxpr."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import lasers
+from configs import segearth_r2
 from segearth_jax.flops import count_flops
 from segearth_jax.models.segearth_r2 import SegEarthR2Config
 from segearth_jax.train import Trainer, abstract_batch
@@ -23,7 +23,7 @@ def _flat(tree) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def test_lasers_step_shapes_and_trainable_split():
-    config = lasers.get_config()
+    config = segearth_r2.get_config("lasers")
     trainer = Trainer(config)
     state, frozen = trainer.abstract_init()
     params, fro = _flat(state.params), _flat(frozen)
@@ -65,7 +65,7 @@ def test_lasers_step_flops_match_the_closed_form():
     attention): Phi-2's forward and backward equal the textbook count exactly, and the frozen
     towers get no backward at all (no gradient is computed through SigLIP, its projector or
     Swin-B)."""
-    config = lasers.get_config()
+    config = segearth_r2.get_config("lasers")
     config.model.mllm.update(dict(attention_impl="xla", remat_policy="none"))
     config.model.seg_head.attention_impl = "xla"
     trainer = Trainer(config)

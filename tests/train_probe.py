@@ -39,9 +39,10 @@ def main() -> None:
     import numpy as np
     from flax import traverse_util
 
-    from configs import common, tiny
+    from configs import segearth_r2, tiny
     from segearth_jax import optim, sharding
-    from segearth_jax.train import Trainer, random_batch
+    from segearth_jax.testing import random_batch
+    from segearth_jax.train import Trainer
 
     config = tiny.get_config()
     config.data.batch_size = 8
@@ -53,7 +54,7 @@ def main() -> None:
         config.model.mllm.lora.dropout = 0.0
         config.loss.full_resolution = True
     if a.trainable == "paper":
-        config.trainable = common.TRAINABLE
+        config.trainable = segearth_r2.TRAINABLE
     if a.num_processes:
         config.distributed.update(dict(enabled=True, coordinator_address=f"localhost:{a.port}",
                                        num_processes=a.num_processes, process_id=a.process_id))

@@ -46,78 +46,15 @@ from typing import Any
 
 import cv2
 import grain
-import ml_collections
 import numpy as np
 from absl import flags
 
 from segearth_jax import text
 from segearth_jax.input import preprocess, tokens
+from segearth_jax.input.settings import Settings
 from segearth_jax.input.tokens import RecordError, TooLong
 
 log = logging.getLogger(__name__)
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The `config.data` keys the pipeline reads, with the paper's values (training configs copy
-    and override them; extra keys such as the dataset name are ignored here)."""
-    return ml_collections.ConfigDict(dict(
-        siglip_size=384,  # SigLIP view (squashed, bicubic)
-        image_size=1024,  # Swin canvas (long edge, bilinear, pad 128)
-        patch_size=14,  # SigLIP patch: spatial-loss grid = siglip_size // patch_size
-        image_token_id=-200,  # placeholder id of the image span in input_ids
-        max_len=1024,  # training sequence (image tokens included)
-        max_seg=8,  # [SEG] queries per example
-        max_prompt_len=960,  # generation prompt (image tokens included)
-        template="default", seg_in_prompt=False, official_prompt=False,  # text.py options
-        spatial_gt="paper",  # "paper" | "official" (preprocess.masks_to_grid)
-        on_error="raise",  # "raise" | "skip"
-        batch_size=4,  # GLOBAL batch; per process: batch_size // process count
-        worker_count=4,  # grain worker processes (0: in the main process)
-        prefetch=2,  # per-worker buffer (batches)
-        read_threads=16,  # grain ReadOptions.num_threads (per process)
-    ))
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The preprocessing part of `config.data`, as a small picklable value."""
-
-    siglip_size: int = 384
-    image_size: int = 1024
-    patch_size: int = 14
-    image_token_id: int = -200
-    max_len: int = 1024
-    max_seg: int = 8
-    max_prompt_len: int = 960
-    template: str = "default"
-    seg_in_prompt: bool = False
-    official_prompt: bool = False
-    spatial_gt: str = "paper"
-
-    @classmethod
-    def from_config(cls, config: Any) -> Settings:
-        defaults = default_data_config()
-        fields = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {k: config.get(k, defaults[k]) for k in fields}
-        s = cls(**values)
-        if s.spatial_gt not in ("paper", "official"):
-            raise ValueError(f"data.spatial_gt={s.spatial_gt!r}; expected 'paper' or 'official'")
-        if s.template not in text.TEMPLATES:
-            raise ValueError(f"data.template={s.template!r}; known: {text.TEMPLATES}")
-        return s
-
-    @property
-    def grid(self) -> int:
-        return self.siglip_size // self.patch_size
-
-    @property
-    def n_image_tokens(self) -> int:
-        return self.grid ** 2
-
-    @property
-    def template_kwargs(self) -> dict:
-        return dict(template=self.template, seg_in_prompt=self.seg_in_prompt,
-                    official_prompt=self.official_prompt)
 
 
 def _str(v: Any) -> str:
@@ -315,7 +252,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
                 drop_remainder: bool = True, teacher_forced: bool = False) -> grain.DataLoader:
     """A grain DataLoader over `source` (see the module docstring).
 
-    config: `config.data` (keys of `default_data_config`). seed: shuffling seed (train).
+    config: `config.data` (keys of `settings.default_data_config`). seed: shuffling seed (train).
     shard_options: defaults to `ShardByJaxProcess(drop_remainder=True)`; the per-process batch is
     `config.batch_size // shard_options.shard_count`. num_epochs: None repeats forever when
     training and reads once when evaluating. worker_count: defaults to `config.worker_count`.

@@ -35,6 +35,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
                  intermediate_size=128),
 }
 
+# LLaVA's IMAGE_TOKEN_INDEX: the placeholder id of the image rows in input_ids.
+IMAGE_TOKEN_ID = -200
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -56,7 +59,7 @@ class PhiConfig:
     lm_head_bias: bool = True  # Mipha/HF: True; the official SegEarth-R2 rebuilds it without.
     resid_pdrop: float = 0.0
     embd_pdrop: float = 0.0
-    image_token_id: int = -200  # LLaVA's IMAGE_TOKEN_INDEX: placeholder rows in input_ids.
+    image_token_id: int = IMAGE_TOKEN_ID
     seg_probe_heads: str = "mean"  # 'mean': [B, S, N] per layer; 'all': [B, H, S, N].
     attention_impl: str | None = "auto"  # see models/attention.py
     remat_policy: str = "none"  # a key of REMAT_POLICIES.
