@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from data import builders
-from segearth_jax.input import readers
+from segearth_jax.input import datasets, readers
 from segearth_jax.input.records import (
     BadInput,
     Record,
@@ -94,15 +93,15 @@ def _check_built(source: dict, expected: dict[str, list[fx.Expected]]) -> None:
 @pytest.mark.parametrize("name", sorted(fx.WRITERS))
 def test_tfds_build_round_trip(tmp_path, name):
     expected = fx.WRITERS[name](tmp_path / "raw")
-    builder = builders.build(name, tmp_path / "raw", tmp_path / "tfds")
+    builder = datasets.build(name, tmp_path / "raw", tmp_path / "tfds")
     assert builder.name == name and builder.on_error == "raise"
-    _check_built(builders.load(name, tmp_path / "tfds"), expected)
-    assert builders.build(name, None, tmp_path / "tfds").is_prepared()  # Reused, not rebuilt.
+    _check_built(datasets.load(name, tmp_path / "tfds"), expected)
+    assert datasets.build(name, None, tmp_path / "tfds").is_prepared()  # Reused, not rebuilt.
 
 
 def test_build_needs_manual_dir_when_not_built(tmp_path):
     with pytest.raises(FileNotFoundError, match="rrsisd is not built"):
-        builders.build("rrsisd", None, tmp_path / "tfds")
+        datasets.build("rrsisd", None, tmp_path / "tfds")
 
 
 def test_cli_entry_point(tmp_path):
@@ -114,7 +113,7 @@ def test_cli_entry_point(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "risbench/train: policy=skip, kept 3 record(s), skipped nothing" in proc.stdout
-    _check_built(builders.load("risbench", tmp_path / "tfds"), expected)
+    _check_built(datasets.load("risbench", tmp_path / "tfds"), expected)
 
 
 def test_build_skip_policy_reports_and_drops(tmp_path, capsys):
@@ -122,15 +121,15 @@ def test_build_skip_policy_reports_and_drops(tmp_path, capsys):
     bad = tmp_path / "raw" / "train" / "images" / "a.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(BadInput, match="unreadable|does not decode") as e:
-        builders.build("lasers", tmp_path / "raw", tmp_path / "tfds_raise")
+        datasets.build("lasers", tmp_path / "raw", tmp_path / "tfds_raise")
     assert str(bad) in str(e.value) and "train_ann/1" in str(e.value)
 
-    builders.build("lasers", tmp_path / "raw", tmp_path / "tfds", on_error="skip")
+    datasets.build("lasers", tmp_path / "raw", tmp_path / "tfds", on_error="skip")
     out = capsys.readouterr().out
     assert "lasers/train: policy=skip, kept 1 record(s), skipped 1 record(s)" in out
     assert "unreadable_image: 1" in out and str(bad) in out
     expected["train"] = expected["train"][1:]
-    _check_built(builders.load("lasers", tmp_path / "tfds"), expected)
+    _check_built(datasets.load("lasers", tmp_path / "tfds"), expected)
     meta = json.loads((tmp_path / "tfds" / "lasers" / "1.0.0" / "metadata.json").read_text())
     assert meta["skip_report_train"]["by_reason"] == {"unreadable_image": 1}
     assert meta["skip_report_test"]["skipped"] == 0
@@ -141,23 +140,23 @@ def test_build_all_skipped_fails_loudly(tmp_path):
     ann = tmp_path / "raw" / "train" / "annotations" / "train_ann.json"
     ann.write_text(ann.read_text()[:50])
     with pytest.raises(ValueError, match="lasers/train: no valid example"):
-        builders.build("lasers", tmp_path / "raw", tmp_path / "tfds", on_error="skip")
+        datasets.build("lasers", tmp_path / "raw", tmp_path / "tfds", on_error="skip")
 
 
 def test_on_error_from_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv(builders.ON_ERROR_ENV, "skip")
-    assert builders.Lasers(data_dir=tmp_path).on_error == "skip"
-    assert builders.Lasers(data_dir=tmp_path, on_error="raise").on_error == "raise"
-    monkeypatch.setenv(builders.ON_ERROR_ENV, "ignore")
+    monkeypatch.setenv(datasets.ON_ERROR_ENV, "skip")
+    assert datasets.Lasers(data_dir=tmp_path).on_error == "skip"
+    assert datasets.Lasers(data_dir=tmp_path, on_error="raise").on_error == "raise"
+    monkeypatch.setenv(datasets.ON_ERROR_ENV, "ignore")
     with pytest.raises(ValueError, match="SEGEARTH_ON_ERROR"):
-        builders.Lasers(data_dir=tmp_path)
+        datasets.Lasers(data_dir=tmp_path)
 
 
 def test_build_without_any_split_names_the_layout(tmp_path):
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "README").write_text("wrong folder")
     with pytest.raises(BadInput, match="no earthreason split found"):
-        builders.build("earthreason", tmp_path / "raw", tmp_path / "tfds")
+        datasets.build("earthreason", tmp_path / "raw", tmp_path / "tfds")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -267,13 +266,13 @@ def test_bad_input_raises_and_skips(tmp_path, case):
     bad_file = mutate(tmp_path)
 
     with pytest.raises(BadInput) as e:
-        list(builders.generate_examples("lasers", tmp_path, "train", SkipReport("raise")))
+        list(datasets.generate_examples("lasers", tmp_path, "train", SkipReport("raise")))
     err = e.value
     assert (err.kind, err.record_id, err.file) == (kind, "train_ann/1", str(bad_file))
     assert str(bad_file) in str(err) and "record train_ann/1" in str(err) and text in str(err)
 
     report = SkipReport("skip", name="lasers/train")
-    kept = list(builders.generate_examples("lasers", tmp_path, "train", report))
+    kept = list(datasets.generate_examples("lasers", tmp_path, "train", report))
     assert [key for key, _ in kept] == ["train_ann/x2"]  # The other record survives.
     assert dict(report.counts) == {kind: 1} and report.kept == 1
     summary = report.summary()
@@ -325,7 +324,7 @@ def test_grayscale_and_rgba_are_converted(tmp_path):
     # Through the builder: a gray training image is stored as 3 equal channels.
     fx.write_lasers(tmp_path / "raw")
     fx.write_gray(tmp_path / "raw" / "train" / "images" / "a.png", gray)
-    examples = dict(builders.generate_examples("lasers", tmp_path / "raw", "train",
+    examples = dict(datasets.generate_examples("lasers", tmp_path / "raw", "train",
                                                SkipReport()))
     png = examples["train_ann/1"]["image"]
     bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -360,7 +359,7 @@ def test_earthreason_no_target_must_have_an_empty_label(tmp_path):
     label = tmp_path / "train" / "labels" / "e3.png"
     fx.write_gray(label, fx.rect(0, 1, 0, 1) * 255)
     report = SkipReport("skip")
-    kept = dict(builders.generate_examples("earthreason", tmp_path, "train", report,
+    kept = dict(datasets.generate_examples("earthreason", tmp_path, "train", report,
                                            allow_no_target=True))
     assert sorted(kept) == ["e1_0", "e1_1", "e2_0"]
     assert dict(report.counts) == {"mask_count": 1} and str(label) in report.messages[0]
@@ -369,7 +368,7 @@ def test_earthreason_no_target_must_have_an_empty_label(tmp_path):
 def test_earthreason_no_target_needs_the_allowance(tmp_path):
     fx.write_earthreason(tmp_path)
     with pytest.raises(BadInput, match="answer has no") as e:
-        list(builders.generate_examples("earthreason", tmp_path, "train", SkipReport()))
+        list(datasets.generate_examples("earthreason", tmp_path, "train", SkipReport()))
     assert e.value.record_id == "e3_0"
 
 
@@ -385,7 +384,7 @@ def test_phrase_file_bad_line_and_missing_mask(tmp_path):
 
     (tmp_path / "masks" / "3.tif").unlink()
     with pytest.raises(BadInput, match="does not exist") as e:
-        list(builders.generate_examples("refsegrs", tmp_path, "test", SkipReport()))
+        list(datasets.generate_examples("refsegrs", tmp_path, "test", SkipReport()))
     assert e.value.file == str(tmp_path / "masks" / "3.tif") and e.value.record_id == "3_0"
 
 
@@ -579,12 +578,12 @@ def test_empty_gt_mask_kept_for_evaluation_skipped_for_training(tmp_path):
     coco["annotations"][0]["segmentation"] = [empty]  # ref 0: train, 2 sentences
     coco["annotations"][2]["segmentation"] = [empty]  # ref 2: test
     inst.write_text(json.dumps(coco))
-    (key, example), = builders.generate_examples("rrsisd", tmp_path, "test", SkipReport())
+    (key, example), = datasets.generate_examples("rrsisd", tmp_path, "test", SkipReport())
     assert key == "2_0" and example["masks"].shape == (1, fx.H, fx.W)
     assert not example["masks"].any()
     for policy in ("raise", "skip"):
         report = SkipReport(policy)
-        assert list(builders.generate_examples("rrsisd", tmp_path, "train", report)) == []
+        assert list(datasets.generate_examples("rrsisd", tmp_path, "train", report)) == []
         assert dict(report.counts) == {"empty_mask": 2} and report.kept == 0
         assert str(inst) in report.messages[0] and "no foreground" in report.messages[0]
 

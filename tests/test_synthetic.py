@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from data import synthetic
+from data import instructions, scenes, synthetic
 
 N, SEED, TEST_FRACTION = 40, 0, 0.5
 KEYS = {"id", "image_name", "description", "answer", "mask"}
@@ -79,7 +79,7 @@ def _masks(record: dict) -> list[np.ndarray]:
 def test_files_are_valid_lasers_records(dataset):
     out, counts = dataset
     assert sorted(_split(out, "train")) == ["train"]
-    assert sorted(_split(out, "test")) == sorted(synthetic.SUBSETS)
+    assert sorted(_split(out, "test")) == sorted(instructions.SUBSETS)
     shapes = set()
     for split in ("train", "test"):
         names = set()
@@ -148,8 +148,7 @@ def test_dimensions_are_what_the_files_say(dataset):
 
 def test_semantic_answers_name_categories_and_cover_all_instances(dataset):
     out, _ = dataset
-    names = {c.plural: c for c in synthetic.CATEGORIES.values()}
-    names |= {c.name: c for c in synthetic.CATEGORIES.values()}
+    names = set(instructions.WORDS) | {w.plural for w in instructions.WORDS.values()}
     for r in _split(out, "test")["semantic"]:
         for name in SEG_NAME.findall(r["answer"]):
             assert name in names, f"{r['id']}: {name!r} is not a category"
@@ -163,12 +162,11 @@ def _within(image: np.ndarray, mask: np.ndarray, colors: list, tol: int) -> np.n
 
 def _colors_of(name: str) -> tuple[list, int]:
     """Palette colours a target called `name` (a `<p>` text) is drawn in, and the tolerance."""
-    cats = {c.plural: c for c in synthetic.CATEGORIES.values()}
-    cats |= {c.name: c for c in synthetic.CATEGORIES.values()}
+    cats = {w.plural: c for c, w in instructions.WORDS.items()} | {c: c for c in scenes.COLORS}
     if name in cats:  # A semantic or instance target: any colour of the category.
-        return list(cats[name].colors.values()), WATER_TOL if name == "water" else TOL
+        return list(scenes.COLORS[cats[name]].values()), WATER_TOL if name == "water" else TOL
     cat, key = PART_COLOR.get(name) or PART_COLOR[_singular(name)]
-    return [synthetic.CATEGORIES[cat].colors[key]], TOL
+    return [scenes.COLORS[cat][key]], TOL
 
 
 def test_mask_pixels_have_the_drawn_colours(dataset):
@@ -205,20 +203,20 @@ def test_label_maps_agree_with_pixels_after_occlusion():
     rng = np.random.default_rng(11)
     n_checked = 0
     for _ in range(60):
-        scene = synthetic.make_scene(rng, 192, 256, 1.0)
+        scene = scenes.make_scene(rng, 192, 256, 1.0)
         for o in scene.objects:
-            cat = synthetic.CATEGORIES[o.category]
             px = scene.image[scene.inst == o.inst_id]
             assert len(px) == o.visible
             if o.visible == 0:
                 continue
-            d = np.abs(px[:, None].astype(int) - np.array(list(cat.colors.values()))[None])
+            colors = np.array(list(scenes.COLORS[o.category].values()))
+            d = np.abs(px[:, None].astype(int) - colors[None])
             assert (d.max(-1).min(-1) <= TOL).all(), f"{o.category} {o.inst_id}: wrong colours"
             for pname, pid in o.part_ids.items():
                 c, key = PART_COLOR[pname]
                 ppx = scene.image[scene.part == pid].astype(int)
                 assert len(ppx) == o.visible_parts[pname]
-                assert (np.abs(ppx - synthetic.CATEGORIES[c].colors[key]).max(-1) <= TOL).all(), (
+                assert (np.abs(ppx - scenes.COLORS[c][key]).max(-1) <= TOL).all(), (
                     f"{o.category} {o.inst_id} {pname}: wrong colours")
             n_checked += 1
     assert n_checked > 300, n_checked
@@ -283,14 +281,14 @@ def test_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_spec_cycle_is_balanced():
-    specs = [synthetic.spec_for(j) for j in range(48)]
+    specs = [instructions.spec_for(j) for j in range(48)]
     assert len({s.subsets() for s in specs[:24]}) == 24  # All 3*2*2*2 combinations.
     for j in range(len(specs) - 2):  # Any 3 consecutive records cover all 9 subsets.
-        assert {x for s in specs[j:j + 3] for x in s.subsets()} == set(synthetic.SUBSETS)
+        assert {x for s in specs[j:j + 3] for x in s.subsets()} == set(instructions.SUBSETS)
 
 
 def test_subsets_restrict_the_dimensions_they_name(tmp_path):
-    specs = [synthetic.spec_for(j, ("semantic", "part", "short")) for j in range(48)]
+    specs = [instructions.spec_for(j, ("semantic", "part", "short")) for j in range(48)]
     assert {s.granularity for s in specs} == {"semantic", "part"}
     assert {s.length for s in specs} == {"short"}
     for dim in ("multiplicity", "reasoning"):  # not named: both values, balanced
@@ -299,7 +297,7 @@ def test_subsets_restrict_the_dimensions_they_name(tmp_path):
     counts = synthetic.generate(tmp_path / "easy", 6, seed=1, size=128, test_fraction=0.5,
                                 subsets=("semantic", "single", "explicit", "short"))
     assert counts["test_subsets"] == {s: 3 if s in ("semantic", "single", "explicit", "short")
-                                      else 0 for s in synthetic.SUBSETS}
+                                      else 0 for s in instructions.SUBSETS}
     records = json.loads((tmp_path / "easy/train/annotations/train.json").read_text())
     assert len(records) == 3 and all(r["answer"].count("[SEG]") == 1 for r in records)
     assert json.loads((tmp_path / "easy/test/annotations/part.json").read_text()) == []

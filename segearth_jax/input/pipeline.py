@@ -5,7 +5,7 @@
     batch = next(it)
 
 `source` is any random-access source (`__len__`, `__getitem__`) of records in the TFDS layout
-of `data/builders.py: features()` (`builder.as_data_source()[split]`, or a list of dicts):
+of `datasets.features()` (`builder.as_data_source()[split]`, or a list of dicts):
     id, subset, image_name, instruction, answer: text (str or bytes)
     image: PNG bytes of the RGB uint8 image; masks: uint8 [N, H, W] 0/1 ([0, H, W] if absent)
     has_masks: bool; height, width: int

@@ -13,9 +13,9 @@ import ml_collections
 def open_source(d: ml_collections.ConfigDict, split: str):
     """The TFDS array_record data source of `d.name` (a `config.data`) in `d.data_dir`, built
     from `d.manual_dir` first when it is not prepared yet."""
-    from data import builders
+    from segearth_jax.input import datasets
 
-    builder = builders.build(d.name, manual_dir=d.get("manual_dir") or None,
+    builder = datasets.build(d.name, manual_dir=d.get("manual_dir") or None,
                              data_dir=d.data_dir, on_error=d.on_error)
     return builder.as_data_source()[split]
 
