@@ -31,6 +31,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from segearth_jax import safe_pickle
+
 Array = np.ndarray
 
 
@@ -346,19 +348,7 @@ def ensure_new_dir(path: os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 # detectron2 pickles: numpy arrays in plain containers, read without running pickled code.
 
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed")
+_PICKLE_ALLOWED = safe_pickle.NUMPY_ARRAYS | {("collections", "OrderedDict")}
 
 
 def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
@@ -370,7 +360,8 @@ def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+            data = safe_pickle.restricted_load(
+                f, _PICKLE_ALLOWED, "numpy arrays and plain containers", encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise ConversionError(f"{path}: not a detectron2 checkpoint of numpy arrays: {e}") from e
     state = data.get("model", data) if isinstance(data, Mapping) else None
