@@ -1,7 +1,9 @@
 """Shared converter machinery: the detectron2 pickle reader accepts only arrays; the
 safetensors reader yields lazy loaders and names a truncated file in one line."""
 
+import json
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -65,3 +67,13 @@ def test_truncated_safetensors_is_one_line_naming_the_file(tmp_path, cut):
     msg = str(e.value)
     assert msg.startswith(f"{path}: not a readable safetensors file (") and "\n" not in msg
     assert msg.endswith("it is truncated or corrupt; download it again")
+
+
+def test_safetensors_dtype_numpy_cannot_hold_names_the_tensor(tmp_path):
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(2))
+    [(key, load, nbytes)] = list(read_safetensors(path))
+    assert (key, nbytes) == ("w", 2)
+    with pytest.raises(ConversionError, match=r"tensor 'w' \(F8_E4M3\) cannot be read"):
+        load()
