@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +29,9 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from segearth_jax import safe_pickle
 
 Array = np.ndarray
 
@@ -114,34 +117,35 @@ def norm_rules(src: str, dst: str) -> list[Rule]:
 # ---------------------------------------------------------------------------------------------
 # Readers: every format yields (key, loader) so only one tensor is in memory at a time.
 
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
+def _itemsize(dtype: str) -> int:
+    """Bytes per element of a safetensors dtype name ("BF16" -> 2, "F8_E4M3" -> 1, "BOOL" -> 1),
+    for the progress count."""
+    bits = re.search(r"\d+", dtype)
+    return max(int(bits.group()) // 8, 1) if bits else 1
 
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
-    """(key, loader, nbytes) for each tensor of a .safetensors file, memory-mapped.
+    """(key, loader, nbytes) for each tensor of a .safetensors file, in file order, read with
+    the `safetensors` library: the file is memory-mapped and each loader copies one tensor out
+    (bfloat16 as ml_dtypes.bfloat16). A truncated or corrupt file is one ConversionError."""
+    try:
+        f = safe_open(path, framework="numpy")
+    except SafetensorError as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({e}): it is truncated "
+                              "or corrupt; download it again") from None
+    with f:
+        for key in f.offset_keys():
+            info = f.get_slice(key)
+            dtype, shape = info.get_dtype(), info.get_shape()
 
-    The format is an 8-byte little-endian header length, a JSON header of
-    {name: {dtype, shape, data_offsets}}, then the raw data; numpy has no bfloat16, so this reads
-    it with ml_dtypes rather than through `safetensors.numpy`.
-    """
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ConversionError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
-        loader = lambda s=start, e=end, d=dtype, sh=shape: np.asarray(
-            data[s:e].view(d).reshape(sh))
-        yield key, loader, end - start
+            def loader(key=key, dtype=dtype):
+                try:
+                    return f.get_tensor(key)
+                except (SafetensorError, AttributeError, TypeError) as e:
+                    raise ConversionError(f"{path}: tensor {key!r} ({dtype}) cannot be read as a "
+                                          f"numpy array: {e}") from None
+
+            yield key, loader, math.prod(shape) * _itemsize(dtype)
 
 
 def read_torch_bin(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
@@ -344,19 +348,7 @@ def ensure_new_dir(path: os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------
 # detectron2 pickles: numpy arrays in plain containers, read without running pickled code.
 
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-}
-
-
-class _ArraysOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: only numpy arrays and plain containers are allowed")
+_PICKLE_ALLOWED = safe_pickle.NUMPY_ARRAYS | {("collections", "OrderedDict")}
 
 
 def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
@@ -368,7 +360,8 @@ def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = _ArraysOnlyUnpickler(f, encoding="latin1").load()
+            data = safe_pickle.restricted_load(
+                f, _PICKLE_ALLOWED, "numpy arrays and plain containers", encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError) as e:
         raise ConversionError(f"{path}: not a detectron2 checkpoint of numpy arrays: {e}") from e
     state = data.get("model", data) if isinstance(data, Mapping) else None

@@ -75,16 +75,19 @@ def test_resize_grayscale_and_identity():
     assert same is not img
 
 
-def test_weight_matrix_is_the_fixed_point_pass():
-    """One pass = clip(floor((K @ x + 2**21) / 2**22)), K the integer (out x in) matrix."""
+def test_resize_other_channel_counts_are_per_channel_pillow():
+    """[H, W, 1] and [H, W, 4] (not RGBA to Pillow, which would premultiply the alpha): each
+    channel as Pillow resizes it in an RGB or gray image."""
     rng = np.random.default_rng(3)
-    row = rng.integers(0, 256, (1, 53, 1), dtype=np.uint8)
-    for out_w, filter in [(20, "bicubic"), (80, "bicubic"), (20, "bilinear")]:
-        k = np.round(P.weight_matrix(53, out_w, filter) * 2**22)
-        expect = np.clip(np.floor((k @ row[0, :, 0].astype(np.float64) + 2**21) / 2**22), 0, 255)
-        np.testing.assert_array_equal(P.resize(row, (1, out_w), filter)[0, :, 0], expect)
-        # Rows sum to 1 up to the fixed-point rounding of each tap.
-        np.testing.assert_allclose(k.sum(1), 2**22, atol=k.shape[1])
+    img = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    img[..., 3] = rng.integers(0, 2, (37, 53)) * 255  # an alpha-like channel
+    for size in [(20, 30), (56, 56)]:  # horizontal first in every Pillow version
+        out = P.resize(img, size)
+        assert out.shape == (*size, 4)
+        np.testing.assert_array_equal(out[..., :3], _pil_resize(img[..., :3], size, "bicubic"))
+        np.testing.assert_array_equal(out[..., 3], _pil_resize(img[..., 3].copy(), size,
+                                                               "bicubic"))
+        np.testing.assert_array_equal(P.resize(img[..., :1], size)[..., 0], out[..., 0])
 
 
 @pytest.mark.parametrize("hw", [(37, 53), (120, 80), (56, 56), (200, 31)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import subprocess
 import sys
 import tempfile
@@ -277,6 +278,26 @@ def test_bad_input_raises_and_skips(tmp_path, case):
     assert dict(report.counts) == {kind: 1} and report.kept == 1
     summary = report.summary()
     assert f"{kind}: 1" in summary and "skipped 1 record(s)" in summary and str(bad_file) in summary
+
+
+def test_tiff_layout_reads_the_first_ifd(tmp_path):
+    """The band count and bit depth of TIFFs that do not decode, for the error message."""
+    from segearth_jax.input.records import _tiff_layout
+
+    fx.write_tiff(tmp_path / "a.tif", np.zeros((4, 5, 7), np.uint16))
+    data = (tmp_path / "a.tif").read_bytes()
+    assert _tiff_layout(data) == (7, 16)
+    with pytest.raises(BadInput, match="7 bands of 16-bit samples") as e:
+        load_image(tmp_path / "a.tif", "r")
+    assert e.value.kind == "unsupported_image"
+    assert _tiff_layout(b"\x89PNG\r\n\x1a\n") is None
+    # Big-endian (the same 8-bit gray tags, written as Motorola): 1 sample of 8 bits.
+    tags = [(256, 3, 1, 5), (257, 3, 1, 4), (258, 3, 1, 8), (277, 3, 1, 1)]
+    ifd = struct.pack(">H", len(tags)) + b"".join(
+        struct.pack(">HHIHH", code, typ, n, v, 0) for code, typ, n, v in tags)
+    assert _tiff_layout(b"MM\x00*" + struct.pack(">I", 8) + ifd + bytes(4)) == (1, 8)
+    for n in (8, 12, 40, 140):  # Truncated: the tags read before the cut, no exception.
+        assert _tiff_layout(data[:n]) in (None, (1, 1))
 
 
 def test_duplicate_id_in_a_file(tmp_path):

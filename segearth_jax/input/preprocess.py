@@ -1,15 +1,13 @@
-"""Image and mask preprocessing (docs/design.md sections 2 and 3), numpy + OpenCV, no PIL at
-runtime.
+"""Image and mask preprocessing (docs/design.md sections 2 and 3): Pillow for the image
+resizes, numpy + OpenCV for the rest.
 
-* `resize`: Pillow's `Image.resize` for 8-bit images, bit for bit (tested against Pillow 13):
-  separable filter whose support widens by the downscale factor (antialiasing), bicubic a = -0.5
-  or triangle (bilinear), 22-bit fixed-point coefficients, one pass per axis (horizontal first,
-  except Pillow 13's vertical-first case), each rounded and clipped to uint8. Each pass is an
-  (out x in) weight matrix (`weight_matrix`) applied to the input; the matrix is banded (at most
-  `2 * ceil(support) + 1` taps per row), so it is stored as (first input index, taps) and applied
-  as a banded matmul in int32, Pillow's accumulator: exact, and 2-4x faster than a dense float64
-  GEMM at 1024 px (about 2.5x slower than Pillow's C loop). Channels are processed as planes,
-  the horizontal pass on cv2-transposed planes so that every tap reads contiguous rows.
+* `resize`: Pillow's `Image.resize` (BICUBIC / BILINEAR, antialiased when shrinking) of a uint8
+  image, the resampler of the official code and of transformers' `SiglipImageProcessor`, with
+  Pillow 13's order of the two passes (python-pillow/Pillow#9549: vertical first when the height
+  shrinks by more than twice what the width shrinks). The order is applied here, as two
+  single-axis Pillow resizes, rather than left to the installed Pillow: Pillow <= 12 always runs
+  the width pass first and rounds differently there, so the views do not depend on the Pillow
+  version (a dependency pinning pillow < 13 once downgraded it under us).
 * `siglip_view`: the SigLIP input, the whole image squashed to size x size (bicubic), /255,
   (x - 0.5) / 0.5: what transformers' `SiglipImageProcessor` (PIL backend) returns.
 * `swin_view`: the Swin input, long edge to `size` (bilinear), padded bottom/right with 128,
@@ -26,110 +24,41 @@ import functools
 
 import cv2
 import numpy as np
+from PIL import Image
 
-PRECISION_BITS = 32 - 8 - 2  # Pillow's Resample.c, 8-bit path.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 PAD_VALUE = 128  # official code: canvas padding before normalization
+FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    """Pillow's bicubic filter (a = -0.5), support 2; same operation order as Resample.c."""
-    a = -0.5
-    x = np.abs(x)
-    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    outer = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, inner, np.where(x < 2.0, outer, 0.0))
+def _pil_resize(plane: np.ndarray, out_h: int, out_w: int, filter: str) -> np.ndarray:
+    """One Pillow resize of a uint8 [H, W] ("L") or [H, W, 3] ("RGB") array."""
+    im = Image.fromarray(plane).resize((out_w, out_h), resample=FILTERS[filter])
+    return np.asarray(im)
 
 
-def _triangle(x: np.ndarray) -> np.ndarray:
-    """Pillow's bilinear filter, support 1."""
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-FILTERS = {"bicubic": (_bicubic, 2.0), "bilinear": (_triangle, 1.0)}
-
-
-@functools.lru_cache(maxsize=64)
-def _taps(in_size: int, out_size: int, filter: str) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for one axis.
-
-    Returns start [out] (first input index of each output) and taps [out, K] int32 fixed-point
-    weights (2**22 = 1.0): output j = sum_k taps[j, k] * input[start[j] + k]; taps past the input
-    edge are 0 and their index is clamped.
-    """
-    fn, support = FILTERS[filter]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = support * filterscale
-    ksize = int(np.ceil(support)) * 2 + 1
-    center = (np.arange(out_size) + 0.5) * scale
-    # C's (int) cast truncates toward zero.
-    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
-    x = np.arange(ksize)
-    w = fn(((x[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
-    w = np.where(x[None, :] < xmax[:, None], w, 0.0)
-    ww = np.cumsum(w, axis=1)[:, -1:]  # sequential sum, as the C loop
-    w = np.divide(w, ww, out=w.copy(), where=ww != 0.0)
-    one = float(1 << PRECISION_BITS)
-    k = np.trunc(np.where(w < 0, -0.5 + w * one, 0.5 + w * one)).astype(np.int32)
-    return xmin, k
-
-
-def weight_matrix(in_size: int, out_size: int, filter: str = "bicubic") -> np.ndarray:
-    """The dense (out x in) float64 weight matrix of one resize pass (fixed point / 2**22)."""
-    start, k = _taps(in_size, out_size, filter)
-    m = np.zeros((out_size, in_size))
-    for j in range(k.shape[1]):
-        valid = start + j < in_size
-        m[np.arange(out_size)[valid], (start + j)[valid]] += k[valid, j]
-    return m / float(1 << PRECISION_BITS)
-
-
-def _rows_pass(x: np.ndarray, out_size: int, filter: str) -> np.ndarray:
-    """One 8-bit pass of Pillow's resampler along axis 1 of uint8 planes [C, N, R] -> [C, out, R]:
-    int32 accumulation from 2**21 (rounding), >> 22, clip to 0..255. Each tap gathers whole
-    contiguous rows and scales them by one weight per output row."""
-    c, n, r = x.shape
-    start, k = _taps(n, out_size, filter)
-    acc = np.full((c, out_size, r), 1 << (PRECISION_BITS - 1), np.int32)
-    tmp = np.empty_like(acc)
-    for j in range(k.shape[1]):
-        kj = k[:, j]
-        if not kj.any():
-            continue
-        np.multiply(np.take(x, np.minimum(start + j, n - 1), axis=1), kj[None, :, None], out=tmp)
-        acc += tmp
-    acc >>= PRECISION_BITS  # arithmetic shift = floor, as Pillow's clip8
-    return np.clip(acc, 0, 255).astype(np.uint8)
-
-
-def _transpose_planes(x: np.ndarray) -> np.ndarray:
-    """[C, A, B] -> [C, B, A], contiguous (cv2.transpose: ~10x faster than numpy's copy)."""
-    return np.stack([cv2.transpose(p) for p in x])
-
-
-def _vertical(x: np.ndarray, out_h: int, filter: str) -> np.ndarray:
-    return _rows_pass(x, out_h, filter)
-
-
-def _horizontal(x: np.ndarray, out_w: int, filter: str) -> np.ndarray:
-    return _transpose_planes(_rows_pass(_transpose_planes(x), out_w, filter))
+def _resize_channels(img: np.ndarray, out_h: int, out_w: int, filter: str) -> np.ndarray:
+    """RGB and gray in one Pillow call; any other channel count one "L" plane at a time (Pillow
+    resamples the channels of an 8-bit image independently, so the result is the same; RGBA is
+    not passed whole because Pillow premultiplies its alpha)."""
+    if img.ndim == 2 or img.shape[2] == 3:
+        return _pil_resize(img, out_h, out_w, filter)
+    return np.stack([_pil_resize(img[..., c], out_h, out_w, filter)
+                     for c in range(img.shape[2])], axis=-1)
 
 
 def resize(img: np.ndarray, size: tuple[int, int], filter: str = "bicubic",
            pass_order: str = "pillow13") -> np.ndarray:
-    """Pillow-exact `Image.resize((w, h), BICUBIC | BILINEAR)` of a uint8 [H, W, C] (or [H, W])
-    image to size = (out_h, out_w). A pass whose size does not change is skipped, as in Pillow.
+    """Pillow's `Image.resize((w, h), BICUBIC | BILINEAR)` of a uint8 [H, W, C] (or [H, W])
+    image to size = (out_h, out_w) -> uint8 [out_h, out_w(, C)]; a new array even when the size
+    does not change. When both axes change, each pass is one single-axis Pillow resize:
 
-    pass_order: "pillow13" (Pillow >= 13, python-pillow/Pillow#9549): the vertical pass runs
-    first when the height shrinks by more than twice what the width shrinks,
+    pass_order: "pillow13" (Pillow >= 13): the vertical pass first when the height shrinks and
     `H - out_h > 2 * (W - out_w)` (found by probing Pillow 13.0.0: ~1500 random size pairs and
-    ~1200 pairs at the boundary, no exception); otherwise, and always for "horizontal"
-    (Pillow <= 12), horizontal first. The two orders round differently (a gray level here and
-    there); equal-ratio shrinks of images at most twice as tall as wide, the cases of this
+    ~1200 pairs at the boundary, no exception), otherwise horizontal first; "horizontal"
+    (Pillow <= 12): always horizontal first. The two orders round differently (a gray level here
+    and there); equal-ratio shrinks of images at most twice as tall as wide, the cases of this
     project, are horizontal first in both.
     """
     if img.dtype != np.uint8 or img.ndim not in (2, 3):
@@ -144,17 +73,13 @@ def resize(img: np.ndarray, size: tuple[int, int], filter: str = "bicubic",
     in_h, in_w = img.shape[:2]
     if (out_h, out_w) == (in_h, in_w):
         return img.copy()
-    # Planes [C, H, W] (cv2.split/merge: fast channel (de)interleaving).
-    planes = np.ascontiguousarray(img)[None] if img.ndim == 2 else np.stack(cv2.split(img))
-    vertical_first = (pass_order == "pillow13" and out_h < in_h
-                      and in_h - out_h > 2 * (in_w - out_w))
-    if vertical_first:
-        planes = _vertical(planes, out_h, filter)
-    if out_w != in_w:
-        planes = _horizontal(planes, out_w, filter)
-    if not vertical_first and out_h != in_h:
-        planes = _vertical(planes, out_h, filter)
-    return planes[0] if img.ndim == 2 else cv2.merge(list(planes)).reshape(out_h, out_w, -1)
+    img = np.ascontiguousarray(img)
+    if out_h != in_h and out_w != in_w:
+        vertical_first = (pass_order == "pillow13" and out_h < in_h
+                          and in_h - out_h > 2 * (in_w - out_w))
+        first = (out_h, in_w) if vertical_first else (in_h, out_w)
+        img = _resize_channels(img, *first, filter)
+    return _resize_channels(img, out_h, out_w, filter)
 
 
 @functools.lru_cache(maxsize=4)

@@ -17,7 +17,6 @@ import functools
 import json
 import numbers
 import os
-import pickle
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,6 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from segearth_jax import safe_pickle
 from segearth_jax.input.records import (
     BadInput,
     Record,
@@ -180,23 +180,15 @@ def _lasers_record(item, index: int, path: Path, base: Path, split: str, seen: s
 
 # ----------------------------------------------------------------------------- RRSIS-D
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Lists, dicts, strings and numbers only (plus numpy scalars): a refs file cannot run code."""
-
-    _ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                ("numpy", "dtype")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only plain lists, dicts, "
-                                     "strings and numbers are accepted")
+# Lists, dicts, strings and numbers only (plus numpy scalars): a refs file cannot run code.
+_REFS_ALLOWED = safe_pickle.NUMPY_SCALARS
 
 
 def _load_refs(path: Path) -> list:
     try:
         with open(path, "rb") as f:
-            refs = _PlainUnpickler(f, encoding="utf-8").load()
+            refs = safe_pickle.restricted_load(
+                f, _REFS_ALLOWED, "plain lists, dicts, strings and numbers", encoding="utf-8")
     except FileNotFoundError:
         raise BadInput(path, None, "file does not exist", "missing_file") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file

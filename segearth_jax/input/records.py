@@ -11,14 +11,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import io
 import numbers
 import os
-import struct
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import TiffImagePlugin
 from pycocotools import mask as mask_utils
 
 from segearth_jax.text import SEG
@@ -96,30 +98,29 @@ def _read_bytes(path: str | os.PathLike, record_id: str | None) -> bytes:
 
 
 def _is_tiff(data: bytes) -> bool:
-    return data[:4] in (b"II*\x00", b"MM\x00*")
+    return data[:4] in TiffImagePlugin.PREFIXES
+
+
+def _first_int(value: Any, default: int) -> int:
+    value = value[0] if isinstance(value, tuple) and value else value
+    return value if _is_int(value) else default
 
 
 def _tiff_layout(data: bytes) -> tuple[int, int] | None:
-    """(samples per pixel, bits per sample) from the first IFD of a classic TIFF, else None."""
+    """(samples per pixel, bits per sample) from the first IFD of a TIFF, else None: Pillow's
+    IFD reader, which reads the tags of files that neither Pillow nor OpenCV decodes (5 bands)."""
     if not _is_tiff(data):
         return None
-    e = "<" if data[:2] == b"II" else ">"
-    size = {3: 2, 4: 4}  # SHORT, LONG
-    fmt = {3: "H", 4: "I"}
+    fp = io.BytesIO(data)
     try:
-        (offset,) = struct.unpack_from(e + "I", data, 4)
-        (n,) = struct.unpack_from(e + "H", data, offset)
-        tags = {}
-        for i in range(n):
-            at = offset + 2 + 12 * i
-            tag, typ, count = struct.unpack_from(e + "HHI", data, at)
-            if tag in (258, 277) and typ in size and count >= 1:
-                where = at + 8 if count * size[typ] <= 4 else struct.unpack_from(e + "I", data,
-                                                                                   at + 8)[0]
-                tags[tag] = struct.unpack_from(e + fmt[typ], data, where)[0]
-    except struct.error:
+        with warnings.catch_warnings():  # "Truncated File Read": the tags read so far are kept.
+            warnings.simplefilter("ignore")
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=fp.read(16 if data[2] == 43 else 8))
+            fp.seek(ifd.next)
+            ifd.load(fp)
+    except Exception:  # noqa: BLE001 - garbage tags only lose the detail of the error message
         return None
-    return tags.get(277, 1), tags.get(258, 1)
+    return _first_int(ifd.get(277), 1), _first_int(ifd.get(258), 1)
 
 
 def _decode(data: bytes, path, record_id: str | None, *, first_page_only: bool) -> np.ndarray:
@@ -205,7 +206,10 @@ def _short(x: Any, n: int = 60) -> str:
 def _compressed_counts(s: bytes) -> list[int]:
     """Run lengths of a compressed COCO RLE string, parsed as pycocotools' rleFrString does, so
     that a string is validated before the C decoder (which trusts it) ever sees it. Values are
-    limited to 6 characters (30 bits), enough for any run in a MAX_PIXELS mask."""
+    limited to 6 characters (30 bits), enough for any run in a MAX_PIXELS mask.
+
+    pycocotools has no validating parser: 2.0.11 decodes {"size": [2, 2], "counts": "0"} (runs
+    summing to 0, not 4) into uninitialised memory instead of raising, so this check stays."""
     counts: list[int] = []
     p = 0
     while p < len(s):
