@@ -2,12 +2,13 @@
 resizes, numpy + OpenCV for the rest.
 
 * `resize`: Pillow's `Image.resize` (BICUBIC / BILINEAR, antialiased when shrinking) of a uint8
-  image, the resampler of the official code and of transformers' `SiglipImageProcessor`, with
-  Pillow 13's order of the two passes (python-pillow/Pillow#9549: vertical first when the height
-  shrinks by more than twice what the width shrinks). The order is applied here, as two
-  single-axis Pillow resizes, rather than left to the installed Pillow: Pillow <= 12 always runs
-  the width pass first and rounds differently there, so the views do not depend on the Pillow
-  version (a dependency pinning pillow < 13 once downgraded it under us).
+  image, the resampler of the official code and of transformers' `SiglipImageProcessor`. The
+  order of the two passes is applied here, as two single-axis Pillow resizes, rather than left
+  to the installed Pillow, so the views do not depend on its version: by default Pillow <= 12's
+  (width pass, then height pass), the Pillow of the official code's environment and the one we
+  pin (gradio needs pillow < 13); `pass_order="pillow13"` gives Pillow 13's (python-pillow/
+  Pillow#9549: vertical first when the height shrinks by more than twice what the width
+  shrinks). The two differ only on such tall shrinks, by a gray level here and there.
 * `siglip_view`: the SigLIP input, the whole image squashed to size x size (bicubic), /255,
   (x - 0.5) / 0.5: what transformers' `SiglipImageProcessor` (PIL backend) returns.
 * `swin_view`: the Swin input, long edge to `size` (bilinear), padded bottom/right with 128,
@@ -49,7 +50,7 @@ def _resize_channels(img: np.ndarray, out_h: int, out_w: int, filter: str) -> np
 
 
 def resize(img: np.ndarray, size: tuple[int, int], filter: str = "bicubic",
-           pass_order: str = "pillow13") -> np.ndarray:
+           pass_order: str = "horizontal") -> np.ndarray:
     """Pillow's `Image.resize((w, h), BICUBIC | BILINEAR)` of a uint8 [H, W, C] (or [H, W])
     image to size = (out_h, out_w) -> uint8 [out_h, out_w(, C)]; a new array even when the size
     does not change. When both axes change, each pass is one single-axis Pillow resize:
