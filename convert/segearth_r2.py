@@ -186,7 +186,7 @@ def _fpn_biases(source: Iterator[tuple[str, Callable[[], Array], int]], expected
 
 
 def _find_shapes(src: Path, keys: set[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of `keys` in the checkpoint (loaders are memory-mapped views: nothing is read)."""
+    """Shapes of `keys` in the checkpoint (each loader reads its one tensor, at most ~0.5 GB)."""
     found = {}
     for key, load, _ in read_hf_checkpoint(src):
         if key in keys:
