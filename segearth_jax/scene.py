@@ -84,8 +84,6 @@ def predict_scene(predictor: SegEarthPredictor, raster: str | Path, prompt: str,
     from rasterio.windows import Window
     from tqdm import tqdm
 
-    from segearth_jax.predict import stack
-
     if not 0 <= overlap < 1:
         raise SceneError(f"--overlap {overlap}: must be in [0, 1)")
     try:
@@ -110,23 +108,12 @@ def predict_scene(predictor: SegEarthPredictor, raster: str | Path, prompt: str,
         wsum = np.zeros((min(win, height), width), np.float32)
         for r_i, r in enumerate(rows):
             windows = [(r, c, min(win, height - r), min(win, width - c)) for c in cols]
-            for k in range(0, len(windows), batch_size):
-                chunk = windows[k:k + batch_size]
-                crops = [_rgb(src.read(window=Window(c, r, w, h)), str(raster))
-                         for r, c, h, w in chunk]
-                batch = stack(predictor, crops, [prompt] * len(crops), batch_size)
-                results = predictor.predict(batch)[:len(chunk)]
-                for i, ((r0, c0, h, w), res) in enumerate(zip(chunk, results, strict=True)):
-                    logits = np.full((q, h, w), ABSENT_LOGIT, np.float32)
-                    n = len(res["mask_logits"])
-                    logits[:n] = logits_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]),
-                                                 (h, w), win)
-                    for t, name in enumerate(visualize.parse_targets(res["answer"])[:n]):
-                        names[t][name] += 1
-                    weight = blend_weight(h, w)
-                    acc[:, r0 - top:r0 - top + h, c0:c0 + w] += logits * weight
-                    wsum[r0 - top:r0 - top + h, c0:c0 + w] += weight
-                bar.update(len(chunk))
+            for (r0, c0, h, w), logits in _window_logits(predictor, src, str(raster), prompt,
+                                                         windows, batch_size, names):
+                weight = blend_weight(h, w)
+                acc[:, r0 - top:r0 - top + h, c0:c0 + w] += logits * weight
+                wsum[r0 - top:r0 - top + h, c0:c0 + w] += weight
+                bar.update(1)
             final = (rows[r_i + 1] if r_i + 1 < len(rows) else height) - top
             dst.write(_labels(acc[:, :final], wsum[:final])[None],
                       window=Window(0, top, width, final))
@@ -139,18 +126,49 @@ def predict_scene(predictor: SegEarthPredictor, raster: str | Path, prompt: str,
     n_targets = max(names, default=-1) + 1
     target_names = [names[t].most_common(1)[0][0] if names[t] else f"target {t + 1}"
                     for t in range(n_targets)]
+    summary = dict(raster=str(raster), prompt=prompt, size=[height, width],
+                   crs=src.crs.to_string() if src.crs else None, window=win, stride=stride,
+                   windows=len(rows) * len(cols), targets=target_names)
+    summary["polygons"] = _write_vectors(src, out, target_names)
+    src.close()
+    (out / "scene.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _window_logits(predictor: SegEarthPredictor, src: Any, raster: str, prompt: str,
+                   windows: list[tuple[int, int, int, int]], batch_size: int,
+                   names: dict[int, collections.Counter]):
+    """Yields ((row, col, h, w), logits [Q, h, w]) per window (row, col, h, w) of `src`, run in
+    batches; a target the answer lacks gets ABSENT_LOGIT. Counts the target names in `names`."""
+    from rasterio.windows import Window
+
+    from segearth_jax.predict import stack
+
+    q, win = predictor.geometry.max_seg, predictor.geometry.image_size
+    for k in range(0, len(windows), batch_size):
+        chunk = windows[k:k + batch_size]
+        crops = [_rgb(src.read(window=Window(c, r, w, h)), raster) for r, c, h, w in chunk]
+        batch = stack(predictor, crops, [prompt] * len(crops), batch_size)
+        results = predictor.predict(batch)[:len(chunk)]
+        for i, ((r0, c0, h, w), res) in enumerate(zip(chunk, results, strict=True)):
+            logits = np.full((q, h, w), ABSENT_LOGIT, np.float32)
+            n = len(res["mask_logits"])
+            logits[:n] = logits_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]),
+                                         (h, w), win)
+            for t, name in enumerate(visualize.parse_targets(res["answer"])[:n]):
+                names[t][name] += 1
+            yield (r0, c0, h, w), logits
+
+
+def _write_vectors(src: Any, out: Path, target_names: list[str]) -> int:
+    """targets.geojson (polygons of mask.tif in the source CRS) and overview.png; -> the
+    polygon count."""
     features = _polygons(out / "mask.tif", target_names)
-    crs = src.crs.to_string() if src.crs else None
     (out / "targets.geojson").write_text(json.dumps({
         "type": "FeatureCollection", "crs_wkt": src.crs.to_wkt() if src.crs else None,
         "features": features}) + "\n")
     _overview(src, out / "mask.tif", out / "overview.png", target_names)
-    src.close()
-    summary = dict(raster=str(raster), prompt=prompt, size=[height, width], crs=crs,
-                   window=win, stride=stride, windows=len(rows) * len(cols),
-                   targets=target_names, polygons=len(features))
-    (out / "scene.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return len(features)
 
 
 def _labels(acc: np.ndarray, wsum: np.ndarray) -> np.ndarray:
