@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant
 from segearth_jax.models.position_encoding import sine_position_embedding
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -39,7 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskDecoderConfig:
+class MaskDecoderConfig(FromVariant, variants=VARIANTS, kind="mask decoder"):
     hidden_dim: int = 256
     num_heads: int = 8
     dim_feedforward: int = 2048
@@ -51,12 +52,6 @@ class MaskDecoderConfig:
     remat: bool = False  # recompute each round of layers in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> MaskDecoderConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown mask decoder variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
 
 def _dense(cfg: MaskDecoderConfig, features: int, name: str) -> nn.Dense:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant
 from segearth_jax.models.lora import LoRAConfig, dense
 
 # Architecture variants (HF PhiConfig field meanings). `phi-2` is the Mipha-3B language model.
@@ -44,7 +45,7 @@ REMAT_POLICIES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class PhiConfig:
+class PhiConfig(FromVariant, variants=VARIANTS, kind="Phi"):
     vocab_size: int = 51200
     hidden_size: int = 2560
     num_layers: int = 32
@@ -63,12 +64,6 @@ class PhiConfig:
     lora: LoRAConfig = LoRAConfig()
     dtype: Any = jnp.float32  # compute dtype.
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> PhiConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown Phi variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def head_dim(self) -> int:

@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import FromVariant
 from segearth_jax.models.msdeform_attn import MSDeformAttn
 from segearth_jax.models.position_encoding import sine_position_embedding
 
@@ -49,7 +50,7 @@ REMAT = ("none", "layer", "sampling")
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelDecoderConfig:
+class PixelDecoderConfig(FromVariant, variants=VARIANTS, kind="pixel decoder"):
     in_channels: tuple[int, ...] = (128, 256, 512, 1024)  # res2..res5, finest first.
     conv_dim: int = 256
     mask_dim: int = 256
@@ -78,12 +79,6 @@ class PixelDecoderConfig:
         if remat not in REMAT:
             raise ValueError(f"pixel decoder remat={self.remat!r}: one of {REMAT}")
         object.__setattr__(self, "remat", remat)
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> PixelDecoderConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown pixel decoder variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def num_fpn_levels(self) -> int:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "So400m/14": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14,
@@ -28,7 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipConfig:
+class SiglipConfig(FromVariant, variants=VARIANTS, kind="SigLIP"):
     width: int = 1152
     depth: int = 27
     mlp_dim: int = 4304
@@ -39,12 +40,6 @@ class SiglipConfig:
     attention_impl: str | None = "auto"  # see models/attention.py
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> SiglipConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown SigLIP variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def num_patches(self) -> int:

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segearth_jax.models.common import FromVariant
+
 VARIANTS: dict[str, dict[str, Any]] = {
     # Swin-B, window 12 (the IN-22k 384 checkpoint Mask2Former's Swin-B IN21k-384 starts from).
     "B/12": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12,
@@ -52,7 +54,7 @@ SHIFT_MASK_VALUE = -100.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SwinConfig:
+class SwinConfig(FromVariant, variants=VARIANTS, kind="Swin"):
     embed_dim: int = 128
     depths: tuple[int, ...] = (2, 2, 18, 2)
     num_heads: tuple[int, ...] = (4, 8, 16, 32)
@@ -65,12 +67,6 @@ class SwinConfig:
     remat: bool = False  # recompute each block pair in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> SwinConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown Swin variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def channels(self) -> tuple[int, ...]:
