@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segearth_jax.models.common import lookup_variant
+from segearth_jax.models.common import dense, lookup_variant
 from segearth_jax.models.lora import LoRAConfig
 from segearth_jax.models.phi import PhiConfig, PhiForCausalLM
 from segearth_jax.models.siglip import SiglipConfig, SiglipVisionTransformer
@@ -71,9 +71,8 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, Dv] -> [B, N, E]."""
-        dense = lambda name: nn.Dense(self.features, dtype=self.dtype,
-                                      param_dtype=self.param_dtype, name=name)
-        return dense("fc2")(jax.nn.gelu(dense("fc1")(x), approximate=False))
+        fc = lambda name: dense(self, self.features, name)
+        return fc("fc2")(jax.nn.gelu(fc("fc1")(x), approximate=False))
 
 
 class Mipha(nn.Module):

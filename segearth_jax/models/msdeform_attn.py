@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import dense
+
 
 def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[tuple[int, int]],
                                      sampling_locations: jax.Array,
@@ -115,21 +117,19 @@ class MSDeformAttn(nn.Module):
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         if len(spatial_shapes) != levels:
             raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} levels")
-        dense = lambda features, name, **kw: nn.Dense(
-            features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
         xavier = dict(kernel_init=nn.initializers.xavier_uniform(),
                       bias_init=nn.initializers.zeros)
         zero = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
-        value = dense(self.d_model, "value_proj", **xavier)(input_flatten)
+        value = dense(self, self.d_model, "value_proj", **xavier)(input_flatten)
         if padding_mask is not None:
             value = jnp.where(padding_mask[..., None], 0, value)
         value = value.reshape(b, s, heads, self.d_model // heads)
-        offsets = dense(heads * levels * points * 2, "sampling_offsets",
+        offsets = dense(self, heads * levels * points * 2, "sampling_offsets",
                         kernel_init=nn.initializers.zeros,
                         bias_init=grid_offsets_init(heads, levels, points))(query)
         offsets = offsets.astype(jnp.float32).reshape(b, q, heads, levels, points, 2)
-        weights = dense(heads * levels * points, "attention_weights", **zero)(query)
+        weights = dense(self, heads * levels * points, "attention_weights", **zero)(query)
         # Softmax over levels x points jointly, per head.
         weights = jax.nn.softmax(weights.astype(jnp.float32).reshape(b, q, heads, levels * points),
                                  axis=-1).reshape(b, q, heads, levels, points)
@@ -141,4 +141,4 @@ class MSDeformAttn(nn.Module):
         if self.remat_sampling:
             sample = jax.checkpoint(sample, static_argnums=(1,), prevent_cse=False)
         out = sample(value, tuple(spatial_shapes), locations, weights)
-        return dense(self.d_model, "output_proj", **xavier)(out)
+        return dense(self, self.d_model, "output_proj", **xavier)(out)

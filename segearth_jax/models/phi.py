@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
-from segearth_jax.models.common import FromVariant
+from segearth_jax.models.common import FromVariant, layer_norm
 from segearth_jax.models.lora import LoRAConfig, dense
 
 # Architecture variants (HF PhiConfig field meanings). `phi-2` is the Mipha-3B language model.
@@ -194,11 +194,6 @@ class PhiMLP(nn.Module):
         h = proj("fc1", cfg.intermediate_size)(x, self.deterministic)
         h = jax.nn.gelu(h, approximate=True)  # gelu_new
         return proj("fc2", cfg.hidden_size)(h, self.deterministic)
-
-
-def layer_norm(cfg: PhiConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name=name)
 
 
 class PhiDecoderLayer(nn.Module):

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segearth_jax.models.common import FromVariant
+from segearth_jax.models.common import FromVariant, dense, layer_norm
 from segearth_jax.models.msdeform_attn import MSDeformAttn
 from segearth_jax.models.position_encoding import sine_position_embedding
 
@@ -130,20 +130,17 @@ class EncoderLayer(nn.Module):
                  padding_mask: jax.Array | None) -> tuple[jax.Array, None]:
         """x, pos [B, S, D]; reference_points [B or 1, S, L, 2] -> ([B, S, D], None) (scan)."""
         cfg = self.config
-        dense = lambda features, name: nn.Dense(
-            features, kernel_init=nn.initializers.xavier_uniform(), dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype, name=name)
-        norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                                         dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+        xavier = lambda features, name: dense(cfg, features, name,
+                                              kernel_init=nn.initializers.xavier_uniform())
         reference_points = jnp.broadcast_to(
             reference_points, (x.shape[0],) + reference_points.shape[1:])
         attn = MSDeformAttn(cfg.conv_dim, cfg.num_heads, cfg.num_levels, cfg.num_points,
                             remat_sampling=cfg.remat == "sampling", dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype, name="self_attn")
-        x = norm("norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
-                                   padding_mask))
-        h = dense(cfg.conv_dim, "linear2")(nn.relu(dense(cfg.ffn_dim, "linear1")(x)))
-        return norm("norm2")(x + h), None
+        x = layer_norm(cfg, "norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
+                                              padding_mask))
+        h = xavier(cfg.conv_dim, "linear2")(nn.relu(xavier(cfg.ffn_dim, "linear1")(x)))
+        return layer_norm(cfg, "norm2")(x + h), None
 
 
 class Encoder(nn.Module):
