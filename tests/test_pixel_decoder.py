@@ -14,11 +14,8 @@ from transformers.models.mask2former import modeling_mask2former as hf
 from convert.common import ConversionError, Rule, convert_tensors, linear_rules
 from convert.m2f_pixel_decoder import d2_rules, hf_rules
 from segearth_jax.models.msdeform_attn import MSDeformAttn, multi_scale_deformable_attention
-from segearth_jax.models.pixel_decoder import (
-    MSDeformAttnPixelDecoder,
-    PixelDecoderConfig,
-    resize_bilinear,
-)
+from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
+from segearth_jax.models.resample import resize_bilinear
 from tests.conftest import REFERENCE
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
@@ -114,7 +111,7 @@ def test_msdeform_attn_init_is_deformable_detr():
 def test_bilinear_resize_matches_torch_interpolate(size):
     x = np.random.default_rng(2).normal(size=(2, *size, 3)).astype(np.float32)
     for out in [(2 * size[0], 2 * size[1]), (2 * size[0] - 1, 2 * size[1] + 1)]:
-        ours = resize_bilinear(jnp.asarray(x), *out)
+        ours = resize_bilinear(jnp.asarray(x), out, axes=(1, 2))
         ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=out,
                                               mode="bilinear", align_corners=False)
         assert _max_err(ours, ref.permute(0, 2, 3, 1)) <= TOL

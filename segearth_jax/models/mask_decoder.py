@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from segearth_jax.models.attention import dot_product_attention
 from segearth_jax.models.common import FromVariant, dense, layer_norm
 from segearth_jax.models.position_encoding import sine_position_embedding
+from segearth_jax.models.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # detectron2 DEC_LAYERS = 10 means 9 layers here (plus the prediction from the input queries).
@@ -116,8 +117,7 @@ def attention_mask_from_prediction(mask_logits: jax.Array, size: tuple[int, int]
     that would be fully blocked is fully allowed. No gradient flows through the mask.
     """
     b, q = mask_logits.shape[:2]
-    resized = jax.image.resize(mask_logits.astype(jnp.float32), (b, q, *size), "bilinear",
-                               antialias=False)
+    resized = resize_bilinear(mask_logits.astype(jnp.float32), size)
     allowed = (jax.nn.sigmoid(resized) >= 0.5).reshape(b, q, -1)
     allowed = allowed | ~jnp.any(allowed, axis=-1, keepdims=True)
     return jax.lax.stop_gradient(allowed)[:, None]

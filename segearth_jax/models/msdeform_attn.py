@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.common import dense
+from segearth_jax.models.resample import bilinear_taps
 
 
 def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[tuple[int, int]],
@@ -49,22 +50,12 @@ def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[
         # [B, Q, H, P, 2] -> [B, H, Q * P, 2]
         loc = sampling_locations[:, :, :, level].transpose(0, 2, 1, 3, 4).reshape(
             b, n_heads, q * n_points, 2)
-        # grid_sample(align_corners=False): pixel centre i sits at (i + 0.5) / size.
-        x = loc[..., 0] * width - 0.5
-        y = loc[..., 1] * height - 0.5
-        x0, y0 = jnp.floor(x), jnp.floor(y)
-        fx, fy = x - x0, y - y0
-        x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
         # [B, Q, H, P] -> [B, H, Q * P]
         attn = attention_weights[:, :, :, level].transpose(0, 2, 1, 3).reshape(
             b, n_heads, q * n_points)
-        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                          (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            index = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+        for index, w in bilinear_taps(loc, height, width):  # each [B, H, Q * P]
             corner = jnp.take_along_axis(v, index[..., None], axis=2)  # [B, H, Q * P, Dh]
-            weight = jnp.where(inside, w * attn, 0).astype(value.dtype)
+            weight = (w * attn).astype(value.dtype)  # w is 0 outside the map
             # Sum over the points of each query: [B, H, Q, P, Dh] x [B, H, Q, P] -> [B, H, Q, Dh]
             out = out + jnp.einsum("bhqpd,bhqp->bhqd",
                                    corner.reshape(b, n_heads, q, n_points, head_dim),

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from segearth_jax.models.common import FromVariant, dense, layer_norm
 from segearth_jax.models.msdeform_attn import MSDeformAttn
 from segearth_jax.models.position_encoding import sine_position_embedding
+from segearth_jax.models.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Mask2Former on Swin-B: res2..res5 with 128/256/512/1024 channels.
@@ -176,14 +177,6 @@ def reference_points(spatial_shapes: Sequence[tuple[int, int]]) -> jax.Array:
                             (1, points.shape[0], len(spatial_shapes), 2))
 
 
-def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
-    """[B, h, w, C] -> [B, height, width, C] as torch `F.interpolate(mode="bilinear",
-    align_corners=False)`: half-pixel centres, edge samples clamped. jax.image.resize's
-    triangle kernel, renormalized at the border, gives exactly that when not antialiased."""
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear",
-                            antialias=False).astype(x.dtype)
-
-
 class MSDeformAttnPixelDecoder(nn.Module):
     config: PixelDecoderConfig
 
@@ -224,7 +217,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for k in range(cfg.num_fpn_levels, 0, -1):
             lateral = ConvNorm(cfg, use_bias=cfg.simplify_fpn, relu=cfg.simplify_fpn,
                                name=f"adapter_{k}")(features[k - 1].astype(cfg.dtype))
-            x = lateral + resize_bilinear(outputs[-1], *lateral.shape[1:3])
+            x = lateral + resize_bilinear(outputs[-1], lateral.shape[1:3], axes=(1, 2))
             outputs.append(ConvNorm(cfg, kernel=3, use_bias=cfg.simplify_fpn, relu=True,
                                     name=f"layer_{k}")(x))
         mask_features = _conv(cfg, cfg.mask_dim, 1, True, "mask_features")(outputs[-1])
