@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segearth_jax.models.attention import dot_product_attention
 from segearth_jax.models.common import FromVariant, dense, layer_norm
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,8 +63,7 @@ class SwinConfig(FromVariant, variants=VARIANTS, kind="Swin"):
     patch_size: int = 4
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
-    # `implementation` of jax.nn.dot_product_attention ("xla", "cudnn" or None = JAX's choice).
-    attention_impl: str | None = "xla"
+    attention_impl: str | None = "auto"  # see models/attention.py (with its bias: XLA)
     remat: bool = False  # recompute each block pair in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -156,8 +156,7 @@ class WindowAttention(nn.Module):
         heads = lambda y: y.reshape(b * nw, n, h, c // h)
         q, k, v = (heads(dense(cfg, c, name)(x)) for name in ("q", "k", "v"))
         # Scale head_dim^-0.5 (the official qk_scale default); logits and softmax in fp32.
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias,
-                                           implementation=cfg.attention_impl)
+        out = dot_product_attention(q, k, v, bias=bias, implementation=cfg.attention_impl)
         return dense(cfg, c, "proj")(out.reshape(b, nw, n, c))
 
 
