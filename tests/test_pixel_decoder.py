@@ -13,6 +13,7 @@ from transformers.models.mask2former import modeling_mask2former as hf
 
 from convert.common import ConversionError, Rule, convert_tensors, linear_rules
 from convert.m2f_pixel_decoder import d2_rules, hf_rules
+from convert.mask2former import hf_config
 from segearth_jax.models.msdeform_attn import MSDeformAttn, multi_scale_deformable_attention
 from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
 from segearth_jax.models.resample import resize_bilinear
@@ -118,11 +119,8 @@ def test_bilinear_resize_matches_torch_interpolate(size):
 
 
 def _hf_decoder(cfg: PixelDecoderConfig, seed: int):
-    hf_cfg = Mask2FormerConfig(feature_size=cfg.conv_dim, mask_feature_size=cfg.mask_dim,
-                               num_attention_heads=cfg.num_heads,
-                               encoder_layers=cfg.encoder_layers,
-                               encoder_feedforward_dim=cfg.ffn_dim, dropout=0.0)
-    ref = hf.Mask2FormerPixelDecoder(hf_cfg, feature_channels=list(cfg.in_channels)).eval()
+    ref = hf.Mask2FormerPixelDecoder(hf_config(pixel_decoder=cfg),
+                                     feature_channels=list(cfg.in_channels)).eval()
     _randomize(ref, seed)
     return ref
 
