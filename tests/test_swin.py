@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax.traverse_util import flatten_dict
 
 from convert import swin as swin_convert
-from convert.common import ConversionError, convert_tensors, flatten
+from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.swin import SwinBlock, SwinConfig, SwinTransformer, shift_window_mask
 from tests.conftest import REFERENCE
@@ -125,7 +126,8 @@ def test_hf_rules_read_the_4x_names_of_published_files(hf_backbone):
         old[k] = v
     old["encoder.layers.0.blocks.0.attention.self.relative_position_index"] = torch.zeros(16, 16)
     assert "encoder.layers.0.blocks.0.output.dense.weight" in old
-    new, ref = flatten(_hf_params(old)), flatten(_hf_params(hf_backbone.state_dict()))
+    new = flatten_dict(_hf_params(old), sep="/")
+    ref = flatten_dict(_hf_params(hf_backbone.state_dict()), sep="/")
     assert new.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(new[k], ref[k], err_msg=k)
