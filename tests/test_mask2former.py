@@ -108,14 +108,14 @@ def _detectron2_state_dict(hf_model) -> dict[str, np.ndarray]:
         for t in ("weight", "bias"):
             out[sa + f"self_attn.in_proj_{t}"] = np.concatenate(
                 [sd[h + f"self_attn.{n}_proj.{t}"] for n in "qkv"])
-            out[sa + f"self_attn.out_proj.{t}"] = sd[h + f"self_attn.out_proj.{t}"]
-            out[sa + f"norm.{t}"] = sd[h + f"self_attn_layer_norm.{t}"]
+            for theirs, ours in (("self_attn.out_proj", sa + "self_attn.out_proj"),
+                                 ("self_attn_layer_norm", sa + "norm"),
+                                 ("cross_attn.out_proj", ca + "multihead_attn.out_proj"),
+                                 ("cross_attn_layer_norm", ca + "norm"),
+                                 ("fc1", ffn + "linear1"), ("fc2", ffn + "linear2"),
+                                 ("final_layer_norm", ffn + "norm")):
+                out[f"{ours}.{t}"] = sd[h + f"{theirs}.{t}"]
             out[ca + f"multihead_attn.in_proj_{t}"] = sd[h + f"cross_attn.in_proj_{t}"]
-            out[ca + f"multihead_attn.out_proj.{t}"] = sd[h + f"cross_attn.out_proj.{t}"]
-            out[ca + f"norm.{t}"] = sd[h + f"cross_attn_layer_norm.{t}"]
-            out[ffn + f"linear1.{t}"] = sd[h + f"fc1.{t}"]
-            out[ffn + f"linear2.{t}"] = sd[h + f"fc2.{t}"]
-            out[ffn + f"norm.{t}"] = sd[h + f"final_layer_norm.{t}"]
     for t in ("weight", "bias"):
         out[p + f"decoder_norm.{t}"] = sd[tm + f"decoder.layernorm.{t}"]
         for j in range(3):

@@ -147,13 +147,13 @@ def _official_state_dict(hf_backbone):
         for j in range(depth):
             h, o = f"swin.encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
             for t in ("weight", "bias"):
-                out[o + f"norm1.{t}"] = sd[h + f"layernorm_before.{t}"]
+                for hf, official in (("layernorm_before", "norm1"),
+                                     ("attention.o_proj", "attn.proj"),
+                                     ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"),
+                                     ("mlp.fc2", "mlp.fc2")):
+                    out[o + f"{official}.{t}"] = sd[h + f"{hf}.{t}"]
                 out[o + f"attn.qkv.{t}"] = torch.cat(
                     [sd[h + f"attention.{x}_proj.{t}"] for x in "qkv"])
-                out[o + f"attn.proj.{t}"] = sd[h + f"attention.o_proj.{t}"]
-                out[o + f"norm2.{t}"] = sd[h + f"layernorm_after.{t}"]
-                out[o + f"mlp.fc1.{t}"] = sd[h + f"mlp.fc1.{t}"]
-                out[o + f"mlp.fc2.{t}"] = sd[h + f"mlp.fc2.{t}"]
             out[o + "attn.relative_position_bias_table"] = sd[
                 h + "attention.relative_position_bias.relative_position_bias_table"]
             out[o + "attn.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)
