@@ -29,6 +29,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 
 from segearth_jax import safe_pickle
@@ -203,25 +204,6 @@ def read_hf_checkpoint(src: Path) -> Iterator[tuple[str, Callable[[], Array], in
 # The strict conversion.
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        out.update(flatten(v, path) if isinstance(v, Mapping) else {path: v})
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, v in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 class Progress:
     """Prints tensors and bytes done with the rate, at most every `every` seconds."""
 
@@ -254,7 +236,7 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
     (None: the expected leaf's dtype). Returns a nested dict of numpy arrays; with `dry_run`,
     only names and shapes are checked and the leaves are the expected specs (nothing allocated).
     """
-    expected_flat = {p: s for p, s in flatten(expected).items()
+    expected_flat = {p: s for p, s in flatten_dict(expected, sep="/").items()
                      if not any(re.fullmatch(g.pattern, p) for g in not_in_checkpoint)}
     compiled = [(re.compile(r.pattern), r) for r in rules]
     out: dict[str, Array] = {}
@@ -326,7 +308,7 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
                 lines.append(f"  {len(items)} {title}:")
                 lines.extend(f"    {item}" for item in items)
         raise ConversionError("\n".join(lines))
-    return unflatten(out)
+    return unflatten_dict(out, sep="/")
 
 
 def describe_gaps(unused: list[Gap], not_in_checkpoint: list[Gap]) -> str:

@@ -8,12 +8,16 @@ convert/m2f_pixel_decoder.py and convert/m2f_transformer_decoder.py, strict both
 queries and class head are listed as unused. The pickle is read with an unpickler that accepts
 only numpy arrays and plain containers. Key list:
 tests/reference/mask2former_swinb_coco_panoptic_keys.tsv.
+
+For the parity tests and benchmarks, `hf_config` gives transformers' `Mask2FormerConfig` of our
+configs and `hf_rules` / `hf_unused` map its `Mask2FormerModel` to our `SegHead`.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +35,16 @@ from convert.common import (
     run_converter,
     write_converted,
 )
+from segearth_jax.models.mask_decoder import MaskDecoderConfig
+from segearth_jax.models.pixel_decoder import PixelDecoderConfig
 from segearth_jax.models.seg_head import VARIANTS, SegHead, SegHeadConfig
+from segearth_jax.models.swin import SwinConfig
 
 BACKBONE, PIXEL_DECODER, PREDICTOR = r"backbone\.", r"sem_seg_head\.pixel_decoder\.", (
     r"sem_seg_head\.predictor\.")
+# transformers' Mask2FormerModel: backbone, pixel decoder, transformer decoder.
+HF_BACKBONE, HF_PIXEL_DECODER, HF_PREDICTOR = (
+    r"pixel_level_module\.encoder\.", r"pixel_level_module\.decoder\.", r"transformer_module\.")
 
 
 def rules():
@@ -46,6 +56,49 @@ def rules():
 def unused() -> list[Gap]:
     return [*swin.official_unused(BACKBONE), *m2f_transformer_decoder.d2_unused(PREDICTOR),
             Gap(r"criterion\.empty_weight", "training-only buffer of the COCO loss")]
+
+
+def hf_rules():
+    """transformers `Mask2FormerModel` names -> our `SegHead` parameters."""
+    return [*swin.hf_rules(HF_BACKBONE, "backbone"),
+            *m2f_pixel_decoder.hf_rules(HF_PIXEL_DECODER, "pixel_decoder"),
+            *m2f_transformer_decoder.hf_rules(HF_PREDICTOR, "predictor")]
+
+
+def hf_unused() -> list[Gap]:
+    return [*swin.hf_unused(HF_BACKBONE), *m2f_transformer_decoder.hf_unused(HF_PREDICTOR)]
+
+
+def hf_config(*, swin: SwinConfig | None = None, pixel_decoder: PixelDecoderConfig | None = None,
+              decoder: MaskDecoderConfig | None = None, **overrides: Any):
+    """transformers' `Mask2FormerConfig` with the sizes of the parts given (transformers'
+    defaults for the others), no dropout, no pretrained backbone; `overrides`: other fields
+    (`num_queries`, ...).
+
+    A whole `SegHeadConfig` `cfg`: `hf_config(swin=cfg.swin, pixel_decoder=cfg.pixel_decoder,
+    decoder=cfg.decoder)`. HF has one head count for both decoders: they must agree."""
+    import transformers  # only the tests and benchmarks need it
+
+    kw: dict[str, Any] = dict(use_pretrained_backbone=False, dropout=0.0)
+    if swin is not None:
+        kw["backbone_config"] = transformers.SwinConfig(
+            embed_dim=swin.embed_dim, depths=list(swin.depths), num_heads=list(swin.num_heads),
+            window_size=swin.window_size, drop_path_rate=0.0,
+            out_features=["stage1", "stage2", "stage3", "stage4"])
+    if pixel_decoder is not None:
+        kw.update(feature_size=pixel_decoder.conv_dim, mask_feature_size=pixel_decoder.mask_dim,
+                  num_attention_heads=pixel_decoder.num_heads,
+                  encoder_feedforward_dim=pixel_decoder.ffn_dim,
+                  encoder_layers=pixel_decoder.encoder_layers)
+    if decoder is not None:
+        if kw.setdefault("num_attention_heads", decoder.num_heads) != decoder.num_heads:
+            raise ValueError(f"pixel decoder heads {pixel_decoder.num_heads} != transformer "
+                             f"decoder heads {decoder.num_heads}: HF Mask2Former has one count")
+        kw.update(hidden_dim=decoder.hidden_dim, dim_feedforward=decoder.dim_feedforward,
+                  decoder_layers=decoder.num_layers + 1)
+        kw.setdefault("feature_size", decoder.hidden_dim)
+        kw.setdefault("mask_feature_size", decoder.mask_dim)
+    return transformers.Mask2FormerConfig(**{**kw, **overrides})
 
 
 def expected_params(cfg: SegHeadConfig):

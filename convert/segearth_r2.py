@@ -47,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from convert import m2f_pixel_decoder, m2f_transformer_decoder, mipha, swin
 from convert.common import (
@@ -59,7 +60,6 @@ from convert.common import (
     convert_tensors,
     converter_parser,
     describe_gaps,
-    flatten,
     hf_checkpoint_files,
     linear_rules,
     norm_rules,
@@ -224,7 +224,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     expected = expected_params(cfg)
     total = sum(f.stat().st_size for f in hf_checkpoint_files(src))
-    source = _fpn_biases(read_hf_checkpoint(src), set(flatten(expected)))
+    source = _fpn_biases(read_hf_checkpoint(src), set(flatten_dict(expected, sep="/")))
     params = convert_tensors(source, rules(cfg), expected, unused=unused,
                              not_in_checkpoint=missing_ok, dtype=np.dtype(dtype),
                              progress=Progress(total), dry_run=dry_run)

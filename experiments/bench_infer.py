@@ -14,7 +14,7 @@ HF `SiglipVisionModel` (`hidden_states[-2]`) -> torch Linear/GELU/Linear -> embe
 into `PhiForCausalLM`'s (prompt unpadded), prefill with `inputs_embeds` and a manual greedy loop
 with `past_key_values` (PhiForCausalLM's two halves, `model` then `lm_head` on the last position,
 as its forward with `logits_to_keep=1`), the `[SEG]` projector (Linear E -> 256), HF's
-`Mask2FormerModel` (built as in bench_seghead.py) with the projected `[SEG]` as its one query.
+`Mask2FormerModel` (`hf_mask2former`) with the projected `[SEG]` as its one query.
 
 Both decode exactly `--new-tokens` tokens (our eos id is -1, which argmax never returns). The
 stages are timed alone (each as its own jitted call on our side: `prefill`/`decode` mirror the
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from convert import m2f_pixel_decoder, m2f_transformer_decoder, swin  # noqa: E402
+from convert import mask2former  # noqa: E402
 from convert import mipha as mipha_convert  # noqa: E402
 from convert import segearth_r2 as r2_convert  # noqa: E402
 from convert.common import convert_tensors, linear_rules  # noqa: E402
@@ -66,7 +66,6 @@ PRESETS = {
     "full": dict(mllm="mipha3b", head="swin-b", canvas=1024, dtype="bfloat16", text_tokens=64,
                  pad_to=960, randomize=False, torch_threads=0),
 }
-M2F = r"pixel_level_module\.encoder\.", r"pixel_level_module\.decoder\.", r"transformer_module\."
 
 
 @dataclasses.dataclass
@@ -78,21 +77,13 @@ class TorchModels:
     m2f: torch.nn.Module
 
 
-def hf_mask2former(cfg: SegHeadConfig, randomize: bool) -> transformers.Mask2FormerModel:
-    """HF `Mask2FormerModel` of our head's config (as bench_seghead.py builds it), one query, zero
-    query positional embedding."""
-    s, pd, dec = cfg.swin, cfg.pixel_decoder, cfg.decoder
-    hf_cfg = transformers.Mask2FormerConfig(
-        backbone_config=transformers.SwinConfig(
-            embed_dim=s.embed_dim, depths=list(s.depths), num_heads=list(s.num_heads),
-            window_size=s.window_size, drop_path_rate=0.0,
-            out_features=["stage1", "stage2", "stage3", "stage4"]),
-        use_pretrained_backbone=False, feature_size=pd.conv_dim, mask_feature_size=pd.mask_dim,
-        hidden_dim=dec.hidden_dim, num_attention_heads=dec.num_heads,
-        encoder_feedforward_dim=pd.ffn_dim, encoder_layers=pd.encoder_layers,
-        dim_feedforward=dec.dim_feedforward, decoder_layers=dec.num_layers + 1,
-        num_queries=1, dropout=0.0)
-    model = transformers.Mask2FormerModel(hf_cfg).eval()
+def hf_mask2former(cfg: SegHeadConfig, randomize: bool, num_queries: int = 1
+                   ) -> transformers.Mask2FormerModel:
+    """HF `Mask2FormerModel` of our head's config (HF init, N(0, 0.2) weights if `randomize`),
+    zero query positional embedding."""
+    model = transformers.Mask2FormerModel(mask2former.hf_config(
+        swin=cfg.swin, pixel_decoder=cfg.pixel_decoder, decoder=cfg.decoder,
+        num_queries=num_queries)).eval()
     with torch.no_grad():
         for p in model.parameters() if randomize else ():
             p.copy_(torch.randn_like(p) * 0.2)
@@ -121,12 +112,8 @@ def convert_params(cfg: SegEarthR2Config, t: TorchModels, dtype) -> dict:
     mllm = convert_tensors(tensors(mipha_state_dict(t.phi, t.siglip, t.projector)),
                            mipha_convert.rules(), expected["mllm"], unused=unused,
                            not_in_checkpoint=missing_ok, dtype=dtype)
-    head = convert_tensors(
-        tensors(t.m2f.state_dict()),
-        [*swin.hf_rules(M2F[0], "backbone"), *m2f_pixel_decoder.hf_rules(M2F[1], "pixel_decoder"),
-         *m2f_transformer_decoder.hf_rules(M2F[2], "predictor")],
-        expected["seg_head"], dtype=dtype,
-        unused=[*swin.hf_unused(M2F[0]), *m2f_transformer_decoder.hf_unused(M2F[2])])
+    head = convert_tensors(tensors(t.m2f.state_dict()), mask2former.hf_rules(),
+                           expected["seg_head"], dtype=dtype, unused=mask2former.hf_unused())
     proj = convert_tensors(tensors({f"seg_projector.{k}": v for k, v in
                                     t.seg_projector.state_dict().items()}),
                            linear_rules(r"seg_projector", "seg_projector"),

@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, swin  # noqa: E402
+from convert import mask2former  # noqa: E402
 from convert.common import convert_tensors  # noqa: E402
+from experiments.bench_infer import hf_mask2former  # noqa: E402
 from experiments.timing import timeit  # noqa: E402
 from segearth_jax.models.msdeform_attn import multi_scale_deformable_attention  # noqa: E402
 from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder  # noqa: E402
@@ -50,30 +51,13 @@ def main() -> None:
     cfg = SegHeadConfig.from_variant("swin-b", dtype=jdtype, param_dtype=jdtype,
                                      independent_queries=args.queries == 1)
     s, pd, dec = cfg.swin, cfg.pixel_decoder, cfg.decoder
-    hf_cfg = transformers.Mask2FormerConfig(
-        backbone_config=transformers.SwinConfig(
-            embed_dim=s.embed_dim, depths=list(s.depths), num_heads=list(s.num_heads),
-            window_size=s.window_size, drop_path_rate=0.0,
-            out_features=["stage1", "stage2", "stage3", "stage4"]),
-        use_pretrained_backbone=False, feature_size=pd.conv_dim, mask_feature_size=pd.mask_dim,
-        hidden_dim=dec.hidden_dim, num_attention_heads=dec.num_heads,
-        encoder_feedforward_dim=pd.ffn_dim, encoder_layers=pd.encoder_layers,
-        dim_feedforward=dec.dim_feedforward, decoder_layers=dec.num_layers + 1,
-        num_queries=args.queries, dropout=0.0)
     torch.manual_seed(0)
-    ref = transformers.Mask2FormerModel(hf_cfg).eval()
-    with torch.no_grad():
-        ref.transformer_module.queries_embedder.weight.zero_()
-    prefixes = (r"pixel_level_module\.encoder\.", r"pixel_level_module\.decoder\.",
-                r"transformer_module\.")
-    rules = [*swin.hf_rules(prefixes[0], "backbone"),
-             *m2f_pixel_decoder.hf_rules(prefixes[1], "pixel_decoder"),
-             *m2f_transformer_decoder.hf_rules(prefixes[2], "predictor")]
-    gaps = [*swin.hf_unused(prefixes[0]), *m2f_transformer_decoder.hf_unused(prefixes[2])]
+    ref = hf_mask2former(cfg, randomize=False, num_queries=args.queries)
     source = ((k, (lambda v=v: v.detach().float().numpy()), 0)
               for k, v in ref.state_dict().items())
-    params = jax.device_put(convert_tensors(source, rules, mask2former.expected_params(cfg),
-                                            unused=gaps, dtype=jdtype))
+    params = jax.device_put(convert_tensors(source, mask2former.hf_rules(),
+                                            mask2former.expected_params(cfg),
+                                            unused=mask2former.hf_unused(), dtype=jdtype))
     queries = np.broadcast_to(ref.transformer_module.queries_features.weight.detach().numpy(),
                               (args.batch, args.queries, dec.hidden_dim))
     ref = ref.to(device=device, dtype=tdtype)

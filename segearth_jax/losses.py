@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from segearth_jax.models.resample import bilinear_taps, resize_bilinear
+
 IGNORE_INDEX = -100
 SPATIAL_VARIANTS = ("paper", "official", "none")
 
@@ -86,20 +88,9 @@ def point_sample(maps: jax.Array, coords: jax.Array) -> jax.Array:
     """
     h, w = maps.shape[-2:]
     flat = maps.reshape(*maps.shape[:-2], h * w)
-    coords = coords.astype(jnp.float32)
-    x = coords[..., 0] * w - 0.5  # pixel-centre convention of align_corners=False.
-    y = coords[..., 1] * h - 0.5
-    x0, y0 = jnp.floor(x), jnp.floor(y)
-    fx, fy = x - x0, y - y0
-    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-
-    def tap(yi: jax.Array, xi: jax.Array) -> jax.Array:
-        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)  # zero padding outside.
-        idx = jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)
-        return jnp.where(inside, jnp.take_along_axis(flat, idx, axis=-1).astype(jnp.float32), 0.0)
-
-    return (tap(y0, x0) * (1 - fx) * (1 - fy) + tap(y0, x0 + 1) * fx * (1 - fy)
-            + tap(y0 + 1, x0) * (1 - fx) * fy + tap(y0 + 1, x0 + 1) * fx * fy)
+    taps = bilinear_taps(coords.astype(jnp.float32), h, w)  # weights 0 outside the map
+    return sum(jnp.take_along_axis(flat, index, axis=-1).astype(jnp.float32) * weight
+               for index, weight in taps)
 
 
 def select_uncertain_points(point_logits_over: jax.Array, coords_over: jax.Array,
@@ -156,13 +147,6 @@ def num_masks(valid: jax.Array) -> jax.Array:
     return jnp.maximum(valid.sum(), 1).astype(jnp.float32)
 
 
-def upsample_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """[..., h, w] -> [..., H, W] float32, bilinear, as `F.interpolate(align_corners=False)` when
-    upsampling (half-pixel centres, edge taps clamped)."""
-    return jax.image.resize(logits.astype(jnp.float32), (*logits.shape[:-2], *size),
-                            method="bilinear", antialias=False)
-
-
 def mask_loss(pred: jax.Array, masks: jax.Array, valid: jax.Array, rng: jax.Array, *,
               num_points: int = 12544, oversample_ratio: float = 3.0,
               importance_sample_ratio: float = 0.75, full_resolution: bool = False,
@@ -183,7 +167,7 @@ def mask_loss(pred: jax.Array, masks: jax.Array, valid: jax.Array, rng: jax.Arra
 
     if full_resolution:
         def one_prediction(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-            up = upsample_logits(logits, masks.shape[-2:])  # [B, Q, H, W]
+            up = resize_bilinear(logits.astype(jnp.float32), masks.shape[-2:])  # [B, Q, H, W]
             return point_mask_losses(up.reshape(b, q, -1), masks.reshape(b, q, -1))
 
         # Sequential over P: one upsampled prediction alive at a time.

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax.traverse_util import flatten_dict
 from safetensors.torch import save_file
 
 from convert import mask2former
 from convert import segearth_r2 as conv
-from convert.common import ConversionError, convert_tensors, flatten
+from convert.common import ConversionError, convert_tensors
 from convert.tiny_mipha import mipha_state_dict
 from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHeadConfig
@@ -104,14 +105,15 @@ def converted(official, tmp_path_factory):
 
 def test_every_parameter_is_its_source_tensor(official, converted, tiny_params):
     sd, d2, w, b = official
-    ours = flatten(checkpoint.restore_params(converted))
+    ours = flatten_dict(checkpoint.restore_params(converted), sep="/")
     # References: the Mipha converter on the published Mipha layout (conftest), the Mask2Former
     # converter on the detectron2 names, the SEG projector by hand.
-    mllm = {f"mllm/{k}": v for k, v in flatten(tiny_params).items() if k != "llm/lm_head/bias"}
+    mllm = {f"mllm/{k}": v for k, v in flatten_dict(tiny_params, sep="/").items()
+            if k != "llm/lm_head/bias"}
     head_cfg = SegHeadConfig.from_variant("tiny")
     head = convert_tensors(((k, (lambda v=v: v), 0) for k, v in d2.items()), mask2former.rules(),
                            mask2former.expected_params(head_cfg), unused=mask2former.unused())
-    reference = {**mllm, **{f"seg_head/{k}": v for k, v in flatten(head).items()},
+    reference = {**mllm, **{f"seg_head/{k}": v for k, v in flatten_dict(head, sep="/").items()},
                  "seg_projector/kernel": w.T, "seg_projector/bias": b}
     for m in ("adapter_1", "layer_1"):  # Mask2Former-Simplify's FPN conv biases
         reference[f"seg_head/pixel_decoder/{m}/conv/bias"] = sd[f"pixel_decoder.{m}.0.bias"]
@@ -171,8 +173,8 @@ def test_sharded_index_and_cli_give_the_same_params(official, converted, tmp_pat
     assert "done:" in capsys.readouterr().out
     spec = checkpoint.read_model_spec(tmp_path / "out")
     assert spec["variant"] == "tiny" and spec["model"]["seg_head"]["dtype"] == "float32"
-    a, b = flatten(checkpoint.restore_params(tmp_path / "out")), flatten(
-        checkpoint.restore_params(converted))
+    a, b = flatten_dict(checkpoint.restore_params(tmp_path / "out"), sep="/"), flatten_dict(
+        checkpoint.restore_params(converted), sep="/")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -226,9 +228,10 @@ def test_full_size_layout_matches_every_key_of_the_real_checkpoint():
     unused, missing_ok = conv.gaps(cfg)
     # Zero-stride views: nothing allocated (the FPN biases are zero: dropped exactly).
     source = ((k, (lambda s=s: np.broadcast_to(np.float32(0), s)), 0) for k, s in layout.items())
-    got = convert_tensors(conv._fpn_biases(source, set(flatten(expected))), conv.rules(cfg),
-                          expected, unused=unused, not_in_checkpoint=missing_ok, dry_run=True)
-    assert flatten(got).keys() == flatten(expected).keys()
+    got = convert_tensors(conv._fpn_biases(source, set(flatten_dict(expected, sep="/"))),
+                          conv.rules(cfg), expected, unused=unused,
+                          not_in_checkpoint=missing_ok, dry_run=True)
+    assert flatten_dict(got, sep="/").keys() == flatten_dict(expected, sep="/").keys()
     n_params = sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(got))
     assert 3.2e9 < n_params < 3.4e9, n_params  # Mipha-3B (26 SigLIP layers) + Swin-B M2F head
     assert got["seg_projector"]["kernel"].shape == (2560, 256)

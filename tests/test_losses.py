@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
 from transformers.models.mask2former import modeling_mask2former as m2f
 
+from convert.mask2former import hf_config
 from segearth_jax import losses
 
 TOL = 1e-5  # fp32 abs tolerance against PyTorch.
@@ -191,8 +191,8 @@ def test_mask_loss_points_matches_transformers_loss_masks(monkeypatch):
     bce, dice = mask_loss(jnp.asarray(pred), jnp.asarray(masks), jnp.asarray(valid), rng,
                                  num_points=num_points)
 
-    config = transformers.Mask2FormerConfig(train_num_points=num_points, oversample_ratio=3.0,
-                                            importance_sample_ratio=0.75)
+    config = hf_config(train_num_points=num_points, oversample_ratio=3.0,
+                       importance_sample_ratio=0.75)
     criterion = m2f.Mask2FormerLoss(config, weight_dict={})
     counts = valid.sum(1)
     labels = [torch.from_numpy(masks[i, :c].astype(np.float32)) for i, c in enumerate(counts)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, swin
+from convert import mask2former
 from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHead, SegHeadConfig
@@ -18,24 +18,13 @@ from tests.conftest import REFERENCE
 from tests.test_swin import _official_state_dict as _official_swin_state_dict
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
-HF = r"pixel_level_module\.encoder\.", r"pixel_level_module\.decoder\.", r"transformer_module\."
 
 
 @pytest.fixture(scope="module")
 def hf_model():
     cfg = SegHeadConfig.from_variant("tiny")
-    s, pd, dec = cfg.swin, cfg.pixel_decoder, cfg.decoder
-    backbone = transformers.SwinConfig(
-        embed_dim=s.embed_dim, depths=list(s.depths), num_heads=list(s.num_heads),
-        window_size=s.window_size, drop_path_rate=0.0,
-        out_features=["stage1", "stage2", "stage3", "stage4"])
-    hf_cfg = transformers.Mask2FormerConfig(
-        backbone_config=backbone, use_pretrained_backbone=False, feature_size=pd.conv_dim,
-        mask_feature_size=pd.mask_dim, hidden_dim=dec.hidden_dim,
-        num_attention_heads=dec.num_heads, encoder_feedforward_dim=pd.ffn_dim,
-        encoder_layers=pd.encoder_layers, dim_feedforward=dec.dim_feedforward,
-        decoder_layers=dec.num_layers + 1, num_queries=3, dropout=0.0)
-    assert pd.num_heads == dec.num_heads
+    hf_cfg = mask2former.hf_config(swin=cfg.swin, pixel_decoder=cfg.pixel_decoder,
+                                   decoder=cfg.decoder, num_queries=3)
     torch.manual_seed(0)
     model = transformers.Mask2FormerModel(hf_cfg).eval()
     with torch.no_grad():
@@ -63,12 +52,9 @@ def _ours(params, pixels, queries):
 
 def test_segmentation_head_matches_hf_mask2former(hf_model):
     cfg = SegHeadConfig.from_variant("tiny")
-    rules = [*swin.hf_rules(HF[0], "backbone"),
-             *m2f_pixel_decoder.hf_rules(HF[1], "pixel_decoder"),
-             *m2f_transformer_decoder.hf_rules(HF[2], "predictor")]
-    gaps = [*swin.hf_unused(HF[0]), *m2f_transformer_decoder.hf_unused(HF[2])]
     source = ((k, (lambda v=v: v.detach().numpy()), 0) for k, v in hf_model.state_dict().items())
-    params = convert_tensors(source, rules, mask2former.expected_params(cfg), unused=gaps)
+    params = convert_tensors(source, mask2former.hf_rules(), mask2former.expected_params(cfg),
+                             unused=mask2former.hf_unused())
     pixels = np.random.default_rng(0).normal(size=(2, 160, 192, 3)).astype(np.float32)
     ours = _ours(params, pixels, _queries(hf_model, 2))
     ref = _hf_outputs(hf_model, pixels)
@@ -122,14 +108,14 @@ def _detectron2_state_dict(hf_model) -> dict[str, np.ndarray]:
         for t in ("weight", "bias"):
             out[sa + f"self_attn.in_proj_{t}"] = np.concatenate(
                 [sd[h + f"self_attn.{n}_proj.{t}"] for n in "qkv"])
-            out[sa + f"self_attn.out_proj.{t}"] = sd[h + f"self_attn.out_proj.{t}"]
-            out[sa + f"norm.{t}"] = sd[h + f"self_attn_layer_norm.{t}"]
+            for theirs, ours in (("self_attn.out_proj", sa + "self_attn.out_proj"),
+                                 ("self_attn_layer_norm", sa + "norm"),
+                                 ("cross_attn.out_proj", ca + "multihead_attn.out_proj"),
+                                 ("cross_attn_layer_norm", ca + "norm"),
+                                 ("fc1", ffn + "linear1"), ("fc2", ffn + "linear2"),
+                                 ("final_layer_norm", ffn + "norm")):
+                out[f"{ours}.{t}"] = sd[h + f"{theirs}.{t}"]
             out[ca + f"multihead_attn.in_proj_{t}"] = sd[h + f"cross_attn.in_proj_{t}"]
-            out[ca + f"multihead_attn.out_proj.{t}"] = sd[h + f"cross_attn.out_proj.{t}"]
-            out[ca + f"norm.{t}"] = sd[h + f"cross_attn_layer_norm.{t}"]
-            out[ffn + f"linear1.{t}"] = sd[h + f"fc1.{t}"]
-            out[ffn + f"linear2.{t}"] = sd[h + f"fc2.{t}"]
-            out[ffn + f"norm.{t}"] = sd[h + f"final_layer_norm.{t}"]
     for t in ("weight", "bias"):
         out[p + f"decoder_norm.{t}"] = sd[tm + f"decoder.layernorm.{t}"]
         for j in range(3):

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-import transformers
 from transformers.models.mask2former import modeling_mask2former as m2f
 
 from convert import m2f_transformer_decoder as tables
 from convert.common import convert_tensors
+from convert.mask2former import hf_config
 from segearth_jax.models.mask_decoder import MaskDecoderConfig, MaskedTransformerDecoder
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
@@ -21,10 +21,9 @@ MASK_HW = (24, 40)  # stride 4
 
 @pytest.fixture(scope="module")
 def hf_module():
-    cfg = transformers.Mask2FormerConfig(
-        hidden_dim=C, num_attention_heads=HEADS, dim_feedforward=64, decoder_layers=LAYERS + 1,
-        mask_feature_size=C, num_queries=5, dropout=0.0, pre_norm=False,
-        feature_size=C, use_pretrained_backbone=False)
+    ours = MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS)
+    assert (ours.hidden_dim, ours.mask_dim, ours.num_heads) == (C, C, HEADS)
+    cfg = hf_config(decoder=ours, num_queries=5, pre_norm=False)
     torch.manual_seed(0)
     module = m2f.Mask2FormerTransformerModule(in_features=C, config=cfg).eval()
     with torch.no_grad():

@@ -13,12 +13,10 @@ from transformers.models.mask2former import modeling_mask2former as hf
 
 from convert.common import ConversionError, Rule, convert_tensors, linear_rules
 from convert.m2f_pixel_decoder import d2_rules, hf_rules
+from convert.mask2former import hf_config
 from segearth_jax.models.msdeform_attn import MSDeformAttn, multi_scale_deformable_attention
-from segearth_jax.models.pixel_decoder import (
-    MSDeformAttnPixelDecoder,
-    PixelDecoderConfig,
-    resize_bilinear,
-)
+from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
+from segearth_jax.models.resample import resize_bilinear
 from tests.conftest import REFERENCE
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
@@ -114,39 +112,48 @@ def test_msdeform_attn_init_is_deformable_detr():
 def test_bilinear_resize_matches_torch_interpolate(size):
     x = np.random.default_rng(2).normal(size=(2, *size, 3)).astype(np.float32)
     for out in [(2 * size[0], 2 * size[1]), (2 * size[0] - 1, 2 * size[1] + 1)]:
-        ours = resize_bilinear(jnp.asarray(x), *out)
+        ours = resize_bilinear(jnp.asarray(x), out, axes=(1, 2))
         ref = torch.nn.functional.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=out,
                                               mode="bilinear", align_corners=False)
         assert _max_err(ours, ref.permute(0, 2, 3, 1)) <= TOL
 
 
 def _hf_decoder(cfg: PixelDecoderConfig, seed: int):
-    hf_cfg = Mask2FormerConfig(feature_size=cfg.conv_dim, mask_feature_size=cfg.mask_dim,
-                               num_attention_heads=cfg.num_heads,
-                               encoder_layers=cfg.encoder_layers,
-                               encoder_feedforward_dim=cfg.ffn_dim, dropout=0.0)
-    ref = hf.Mask2FormerPixelDecoder(hf_cfg, feature_channels=list(cfg.in_channels)).eval()
+    ref = hf.Mask2FormerPixelDecoder(hf_config(pixel_decoder=cfg),
+                                     feature_channels=list(cfg.in_channels)).eval()
     _randomize(ref, seed)
     return ref
+
+
+def _pyramid(cfg: PixelDecoderConfig, batch: int, grid: tuple[int, int], seed: int
+             ) -> list[np.ndarray]:
+    """Random NHWC maps res2..res5 with `cfg.in_channels`: res2 is `grid` (h, w), each next map
+    ceil-halved."""
+    rng = np.random.default_rng(seed)
+    (h, w), feats = grid, []
+    for c in cfg.in_channels:
+        feats.append(rng.normal(size=(batch, h, w, c)).astype(np.float32))
+        h, w = -(-h // 2), -(-w // 2)
+    return feats
+
+
+def _both(cfg: PixelDecoderConfig, ref, rules: list[Rule], feats: list[np.ndarray]):
+    """Ours (weights converted from `ref` by `rules`) and `ref` on `feats`: ((mask_features,
+    maps), HF output)."""
+    model = MSDeformAttnPixelDecoder(cfg)
+    expected = jax.eval_shape(model.init, jax.random.key(0), feats)["params"]
+    params = convert_tensors(_source(ref), rules, {"pixel_decoder": expected})["pixel_decoder"]
+    ours = jax.jit(model.apply)({"params": params}, feats)
+    with torch.no_grad():
+        return ours, ref([torch.from_numpy(f).permute(0, 3, 1, 2) for f in feats])
 
 
 @pytest.mark.parametrize("grid", [(12, 20), (13, 9)])  # res2 size; odd: res3 = ceil(res2 / 2)
 def test_pixel_decoder_matches_hf(grid):
     cfg = PixelDecoderConfig.from_variant("tiny")
     ref = _hf_decoder(cfg, seed=3)
-    rng = np.random.default_rng(3)
-    h, w = grid
-    feats = []
-    for c in cfg.in_channels:
-        feats.append(rng.normal(size=(2, h, w, c)).astype(np.float32))
-        h, w = -(-h // 2), -(-w // 2)
-    model = MSDeformAttnPixelDecoder(cfg)
-    expected = jax.eval_shape(model.init, jax.random.key(0), feats)["params"]
-    params = convert_tensors(_source(ref), hf_rules("", "pixel_decoder"),
-                             {"pixel_decoder": expected})["pixel_decoder"]
-    mask, maps = jax.jit(model.apply)({"params": params}, feats)
-    with torch.no_grad():
-        out = ref([torch.from_numpy(f).permute(0, 3, 1, 2) for f in feats])
+    feats = _pyramid(cfg, 2, grid, seed=3)
+    (mask, maps), out = _both(cfg, ref, hf_rules("", "pixel_decoder"), feats)
     nchw = lambda t: t.permute(0, 2, 3, 1)
     assert mask.shape == (2, *grid, cfg.mask_dim)
     assert _max_err(mask, nchw(out.mask_features)) <= TOL
@@ -199,21 +206,13 @@ def test_simplify_fpn_matches_hf_with_mask2former_simplify_convs():
     ref.adapter_1.append(torch.nn.ReLU())
     ref.layer_1[0] = torch.nn.Conv2d(d, d, 3, padding=1, bias=True)
     _randomize(ref, 5)
-    rng = np.random.default_rng(5)
-    h, w = 10, 14
-    feats = []
-    for c in cfg.in_channels:
-        feats.append(rng.normal(size=(1, h, w, c)).astype(np.float32))
-        h, w = -(-h // 2), -(-w // 2)
-    model = MSDeformAttnPixelDecoder(cfg)
-    expected = jax.eval_shape(model.init, jax.random.key(0), feats)["params"]
-    assert "bias" in expected["adapter_1"]["conv"] and "bias" in expected["layer_1"]["conv"]
+    feats = _pyramid(cfg, 1, (10, 14), seed=5)
+    expected = jax.eval_shape(MSDeformAttnPixelDecoder(cfg).init, jax.random.key(0), feats)
+    conv = expected["params"]["adapter_1"]["conv"], expected["params"]["layer_1"]["conv"]
+    assert all("bias" in c for c in conv)
     rules = hf_rules("", "pixel_decoder") + [
         Rule(r"(?P<m>(?:adapter|layer)_1)\.0\.bias", "pixel_decoder/{m}/conv/bias")]
-    params = convert_tensors(_source(ref), rules, {"pixel_decoder": expected})["pixel_decoder"]
-    mask, maps = jax.jit(model.apply)({"params": params}, feats)
-    with torch.no_grad():
-        out = ref([torch.from_numpy(f).permute(0, 3, 1, 2) for f in feats])
+    (mask, _), out = _both(cfg, ref, rules, feats)
     assert _max_err(mask, out.mask_features.permute(0, 2, 3, 1)) <= TOL
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax.traverse_util import flatten_dict
 
 from convert import swin as swin_convert
-from convert.common import ConversionError, convert_tensors, flatten
+from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.swin import SwinBlock, SwinConfig, SwinTransformer, shift_window_mask
 from tests.conftest import REFERENCE
@@ -125,7 +126,8 @@ def test_hf_rules_read_the_4x_names_of_published_files(hf_backbone):
         old[k] = v
     old["encoder.layers.0.blocks.0.attention.self.relative_position_index"] = torch.zeros(16, 16)
     assert "encoder.layers.0.blocks.0.output.dense.weight" in old
-    new, ref = flatten(_hf_params(old)), flatten(_hf_params(hf_backbone.state_dict()))
+    new = flatten_dict(_hf_params(old), sep="/")
+    ref = flatten_dict(_hf_params(hf_backbone.state_dict()), sep="/")
     assert new.keys() == ref.keys()
     for k in ref:
         np.testing.assert_array_equal(new[k], ref[k], err_msg=k)
@@ -145,13 +147,13 @@ def _official_state_dict(hf_backbone):
         for j in range(depth):
             h, o = f"swin.encoder.layers.{i}.blocks.{j}.", f"layers.{i}.blocks.{j}."
             for t in ("weight", "bias"):
-                out[o + f"norm1.{t}"] = sd[h + f"layernorm_before.{t}"]
+                for hf, official in (("layernorm_before", "norm1"),
+                                     ("attention.o_proj", "attn.proj"),
+                                     ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"),
+                                     ("mlp.fc2", "mlp.fc2")):
+                    out[o + f"{official}.{t}"] = sd[h + f"{hf}.{t}"]
                 out[o + f"attn.qkv.{t}"] = torch.cat(
                     [sd[h + f"attention.{x}_proj.{t}"] for x in "qkv"])
-                out[o + f"attn.proj.{t}"] = sd[h + f"attention.o_proj.{t}"]
-                out[o + f"norm2.{t}"] = sd[h + f"layernorm_after.{t}"]
-                out[o + f"mlp.fc1.{t}"] = sd[h + f"mlp.fc1.{t}"]
-                out[o + f"mlp.fc2.{t}"] = sd[h + f"mlp.fc2.{t}"]
             out[o + "attn.relative_position_bias_table"] = sd[
                 h + "attention.relative_position_bias.relative_position_bias_table"]
             out[o + "attn.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)

@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant, dense, layer_norm
 from segearth_jax.models.position_encoding import sine_position_embedding
+from segearth_jax.models.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # detectron2 DEC_LAYERS = 10 means 9 layers here (plus the prediction from the input queries).
@@ -39,7 +41,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskDecoderConfig:
+class MaskDecoderConfig(FromVariant, variants=VARIANTS, kind="mask decoder"):
     hidden_dim: int = 256
     num_heads: int = 8
     dim_feedforward: int = 2048
@@ -47,25 +49,11 @@ class MaskDecoderConfig:
     mask_dim: int = 256
     num_levels: int = 3
     independent_queries: bool = True
+    layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm default.
     attention_impl: str | None = "auto"
     remat: bool = False  # recompute each round of layers in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> MaskDecoderConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown mask decoder variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
-
-
-def _dense(cfg: MaskDecoderConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
-
-
-def _layer_norm(cfg: MaskDecoderConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name=name)
 
 
 class MultiHeadAttention(nn.Module):
@@ -80,11 +68,11 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         b, q_len, c = query.shape
         heads = lambda x: x.reshape(*x.shape[:2], cfg.num_heads, c // cfg.num_heads)
-        q = heads(_dense(cfg, c, "q")(query))
-        k = heads(_dense(cfg, c, "k")(key))
-        v = heads(_dense(cfg, c, "v")(value))
+        q = heads(dense(cfg, c, "q")(query))
+        k = heads(dense(cfg, c, "k")(key))
+        v = heads(dense(cfg, c, "v")(value))
         out = dot_product_attention(q, k, v, mask=mask, implementation=cfg.attention_impl)
-        return _dense(cfg, c, "out")(out.reshape(b, q_len, c))
+        return dense(cfg, c, "out")(out.reshape(b, q_len, c))
 
 
 class MaskedDecoderLayer(nn.Module):
@@ -96,13 +84,13 @@ class MaskedDecoderLayer(nn.Module):
         cfg = self.config
         t = MultiHeadAttention(cfg, name="cross_attn")(x + query_pos, memory + memory_pos, memory,
                                                        memory_mask)
-        x = _layer_norm(cfg, "cross_attn_norm")(x + t)
+        x = layer_norm(cfg, "cross_attn_norm")(x + t)
         qk = x + query_pos
         t = MultiHeadAttention(cfg, name="self_attn")(qk, qk, x, self_mask)
-        x = _layer_norm(cfg, "self_attn_norm")(x + t)
-        t = _dense(cfg, cfg.hidden_dim, "linear2")(
-            nn.relu(_dense(cfg, cfg.dim_feedforward, "linear1")(x)))
-        return _layer_norm(cfg, "ffn_norm")(x + t)
+        x = layer_norm(cfg, "self_attn_norm")(x + t)
+        t = dense(cfg, cfg.hidden_dim, "linear2")(
+            nn.relu(dense(cfg, cfg.dim_feedforward, "linear1")(x)))
+        return layer_norm(cfg, "ffn_norm")(x + t)
 
 
 class MaskHead(nn.Module):
@@ -114,9 +102,9 @@ class MaskHead(nn.Module):
     def __call__(self, x: jax.Array, mask_features: jax.Array) -> jax.Array:
         """x [B, Q, C], mask_features [B, H, W, mask_dim] -> mask logits [B, Q, H, W]."""
         cfg = self.config
-        h = _layer_norm(cfg, "decoder_norm")(x)
+        h = layer_norm(cfg, "decoder_norm")(x)
         for i, width in enumerate((cfg.hidden_dim, cfg.hidden_dim, cfg.mask_dim)):
-            h = _dense(cfg, width, f"mask_embed_{i}")(h)
+            h = dense(cfg, width, f"mask_embed_{i}")(h)
             h = nn.relu(h) if i < 2 else h
         return jnp.einsum("bqc,bhwc->bqhw", h, mask_features.astype(h.dtype))
 
@@ -129,8 +117,7 @@ def attention_mask_from_prediction(mask_logits: jax.Array, size: tuple[int, int]
     that would be fully blocked is fully allowed. No gradient flows through the mask.
     """
     b, q = mask_logits.shape[:2]
-    resized = jax.image.resize(mask_logits.astype(jnp.float32), (b, q, *size), "bilinear",
-                               antialias=False)
+    resized = resize_bilinear(mask_logits.astype(jnp.float32), size)
     allowed = (jax.nn.sigmoid(resized) >= 0.5).reshape(b, q, -1)
     allowed = allowed | ~jnp.any(allowed, axis=-1, keepdims=True)
     return jax.lax.stop_gradient(allowed)[:, None]

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import dense, lookup_variant
 from segearth_jax.models.lora import LoRAConfig
 from segearth_jax.models.phi import PhiConfig, PhiForCausalLM
 from segearth_jax.models.siglip import SiglipConfig, SiglipVisionTransformer
@@ -34,9 +35,7 @@ class MiphaConfig:
     def from_variant(cls, name: str, *, lora: LoRAConfig = LoRAConfig(),  # noqa: B008
                      dtype: Any = jnp.float32,
                      param_dtype: Any = jnp.float32, **llm_overrides: Any) -> MiphaConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown Mipha variant {name!r}; known: {sorted(VARIANTS)}")
-        vision, llm = VARIANTS[name]
+        vision, llm = lookup_variant(VARIANTS, "Mipha", name)
         return cls(
             vision=SiglipConfig.from_variant(
                 vision, dtype=dtype, param_dtype=param_dtype,
@@ -72,9 +71,8 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """[B, N, Dv] -> [B, N, E]."""
-        dense = lambda name: nn.Dense(self.features, dtype=self.dtype,
-                                      param_dtype=self.param_dtype, name=name)
-        return dense("fc2")(jax.nn.gelu(dense("fc1")(x), approximate=False))
+        fc = lambda name: dense(self, self.features, name)
+        return fc("fc2")(jax.nn.gelu(fc("fc1")(x), approximate=False))
 
 
 class Mipha(nn.Module):

@@ -20,6 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import dense
+from segearth_jax.models.resample import bilinear_taps
+
 
 def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[tuple[int, int]],
                                      sampling_locations: jax.Array,
@@ -47,22 +50,12 @@ def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[
         # [B, Q, H, P, 2] -> [B, H, Q * P, 2]
         loc = sampling_locations[:, :, :, level].transpose(0, 2, 1, 3, 4).reshape(
             b, n_heads, q * n_points, 2)
-        # grid_sample(align_corners=False): pixel centre i sits at (i + 0.5) / size.
-        x = loc[..., 0] * width - 0.5
-        y = loc[..., 1] * height - 0.5
-        x0, y0 = jnp.floor(x), jnp.floor(y)
-        fx, fy = x - x0, y - y0
-        x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
         # [B, Q, H, P] -> [B, H, Q * P]
         attn = attention_weights[:, :, :, level].transpose(0, 2, 1, 3).reshape(
             b, n_heads, q * n_points)
-        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                          (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            index = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+        for index, w in bilinear_taps(loc, height, width):  # each [B, H, Q * P]
             corner = jnp.take_along_axis(v, index[..., None], axis=2)  # [B, H, Q * P, Dh]
-            weight = jnp.where(inside, w * attn, 0).astype(value.dtype)
+            weight = (w * attn).astype(value.dtype)  # w is 0 outside the map
             # Sum over the points of each query: [B, H, Q, P, Dh] x [B, H, Q, P] -> [B, H, Q, Dh]
             out = out + jnp.einsum("bhqpd,bhqp->bhqd",
                                    corner.reshape(b, n_heads, q, n_points, head_dim),
@@ -115,21 +108,19 @@ class MSDeformAttn(nn.Module):
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         if len(spatial_shapes) != levels:
             raise ValueError(f"{len(spatial_shapes)} spatial shapes for {levels} levels")
-        dense = lambda features, name, **kw: nn.Dense(
-            features, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
         xavier = dict(kernel_init=nn.initializers.xavier_uniform(),
                       bias_init=nn.initializers.zeros)
         zero = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
-        value = dense(self.d_model, "value_proj", **xavier)(input_flatten)
+        value = dense(self, self.d_model, "value_proj", **xavier)(input_flatten)
         if padding_mask is not None:
             value = jnp.where(padding_mask[..., None], 0, value)
         value = value.reshape(b, s, heads, self.d_model // heads)
-        offsets = dense(heads * levels * points * 2, "sampling_offsets",
+        offsets = dense(self, heads * levels * points * 2, "sampling_offsets",
                         kernel_init=nn.initializers.zeros,
                         bias_init=grid_offsets_init(heads, levels, points))(query)
         offsets = offsets.astype(jnp.float32).reshape(b, q, heads, levels, points, 2)
-        weights = dense(heads * levels * points, "attention_weights", **zero)(query)
+        weights = dense(self, heads * levels * points, "attention_weights", **zero)(query)
         # Softmax over levels x points jointly, per head.
         weights = jax.nn.softmax(weights.astype(jnp.float32).reshape(b, q, heads, levels * points),
                                  axis=-1).reshape(b, q, heads, levels, points)
@@ -141,4 +132,4 @@ class MSDeformAttn(nn.Module):
         if self.remat_sampling:
             sample = jax.checkpoint(sample, static_argnums=(1,), prevent_cse=False)
         out = sample(value, tuple(spatial_shapes), locations, weights)
-        return dense(self.d_model, "output_proj", **xavier)(out)
+        return dense(self, self.d_model, "output_proj", **xavier)(out)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant, layer_norm
 from segearth_jax.models.lora import LoRAConfig, dense
 
 # Architecture variants (HF PhiConfig field meanings). `phi-2` is the Mipha-3B language model.
@@ -47,7 +48,7 @@ REMAT_POLICIES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class PhiConfig:
+class PhiConfig(FromVariant, variants=VARIANTS, kind="Phi"):
     vocab_size: int = 51200
     hidden_size: int = 2560
     num_layers: int = 32
@@ -66,12 +67,6 @@ class PhiConfig:
     lora: LoRAConfig = LoRAConfig()
     dtype: Any = jnp.float32  # compute dtype.
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> PhiConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown Phi variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def head_dim(self) -> int:
@@ -202,11 +197,6 @@ class PhiMLP(nn.Module):
         h = proj("fc1", cfg.intermediate_size)(x, self.deterministic)
         h = jax.nn.gelu(h, approximate=True)  # gelu_new
         return proj("fc2", cfg.hidden_size)(h, self.deterministic)
-
-
-def layer_norm(cfg: PhiConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name=name)
 
 
 class PhiDecoderLayer(nn.Module):

@@ -33,8 +33,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import FromVariant, dense, layer_norm
 from segearth_jax.models.msdeform_attn import MSDeformAttn
 from segearth_jax.models.position_encoding import sine_position_embedding
+from segearth_jax.models.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Mask2Former on Swin-B: res2..res5 with 128/256/512/1024 channels.
@@ -49,7 +51,7 @@ REMAT = ("none", "layer", "sampling")
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelDecoderConfig:
+class PixelDecoderConfig(FromVariant, variants=VARIANTS, kind="pixel decoder"):
     in_channels: tuple[int, ...] = (128, 256, 512, 1024)  # res2..res5, finest first.
     conv_dim: int = 256
     mask_dim: int = 256
@@ -78,12 +80,6 @@ class PixelDecoderConfig:
         if remat not in REMAT:
             raise ValueError(f"pixel decoder remat={self.remat!r}: one of {REMAT}")
         object.__setattr__(self, "remat", remat)
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> PixelDecoderConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown pixel decoder variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def num_fpn_levels(self) -> int:
@@ -135,20 +131,17 @@ class EncoderLayer(nn.Module):
                  padding_mask: jax.Array | None) -> tuple[jax.Array, None]:
         """x, pos [B, S, D]; reference_points [B or 1, S, L, 2] -> ([B, S, D], None) (scan)."""
         cfg = self.config
-        dense = lambda features, name: nn.Dense(
-            features, kernel_init=nn.initializers.xavier_uniform(), dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype, name=name)
-        norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                                         dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+        xavier = lambda features, name: dense(cfg, features, name,
+                                              kernel_init=nn.initializers.xavier_uniform())
         reference_points = jnp.broadcast_to(
             reference_points, (x.shape[0],) + reference_points.shape[1:])
         attn = MSDeformAttn(cfg.conv_dim, cfg.num_heads, cfg.num_levels, cfg.num_points,
                             remat_sampling=cfg.remat == "sampling", dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype, name="self_attn")
-        x = norm("norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
-                                   padding_mask))
-        h = dense(cfg.conv_dim, "linear2")(nn.relu(dense(cfg.ffn_dim, "linear1")(x)))
-        return norm("norm2")(x + h), None
+        x = layer_norm(cfg, "norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
+                                              padding_mask))
+        h = xavier(cfg.conv_dim, "linear2")(nn.relu(xavier(cfg.ffn_dim, "linear1")(x)))
+        return layer_norm(cfg, "norm2")(x + h), None
 
 
 class Encoder(nn.Module):
@@ -182,14 +175,6 @@ def reference_points(spatial_shapes: Sequence[tuple[int, int]]) -> jax.Array:
     points = jnp.concatenate(points, 0)  # [S, 2]
     return jnp.broadcast_to(points[None, :, None, :],
                             (1, points.shape[0], len(spatial_shapes), 2))
-
-
-def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
-    """[B, h, w, C] -> [B, height, width, C] as torch `F.interpolate(mode="bilinear",
-    align_corners=False)`: half-pixel centres, edge samples clamped. jax.image.resize's
-    triangle kernel, renormalized at the border, gives exactly that when not antialiased."""
-    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), "bilinear",
-                            antialias=False).astype(x.dtype)
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -232,7 +217,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for k in range(cfg.num_fpn_levels, 0, -1):
             lateral = ConvNorm(cfg, use_bias=cfg.simplify_fpn, relu=cfg.simplify_fpn,
                                name=f"adapter_{k}")(features[k - 1].astype(cfg.dtype))
-            x = lateral + resize_bilinear(outputs[-1], *lateral.shape[1:3])
+            x = lateral + resize_bilinear(outputs[-1], lateral.shape[1:3], axes=(1, 2))
             outputs.append(ConvNorm(cfg, kernel=3, use_bias=cfg.simplify_fpn, relu=True,
                                     name=f"layer_{k}")(x))
         mask_features = _conv(cfg, cfg.mask_dim, 1, True, "mask_features")(outputs[-1])

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.models.common import lookup_variant
 from segearth_jax.models.mask_decoder import MaskDecoderConfig, MaskedTransformerDecoder
 from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
 from segearth_jax.models.swin import SwinConfig, SwinTransformer
@@ -36,10 +37,7 @@ class SegHeadConfig:
         transformer decoder's width is the pixel decoder's. `swin` / `pixel_decoder`: overrides of
         `SwinConfig` / `PixelDecoderConfig` (e.g. `remat`, `simplify_fpn`); other keywords
         override the decoder's."""
-        if name not in VARIANTS:
-            raise ValueError(f"unknown segmentation head variant {name!r}; known: "
-                             f"{sorted(VARIANTS)}")
-        s, p, d = VARIANTS[name]
+        s, p, d = lookup_variant(VARIANTS, "segmentation head", name)
         dt = dict(dtype=dtype, param_dtype=param_dtype)
         swin = SwinConfig.from_variant(s, **dt, **(swin or {}))
         pd = PixelDecoderConfig.from_variant(p, in_channels=swin.channels, **dt,

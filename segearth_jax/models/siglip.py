@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant, dense, layer_norm
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "So400m/14": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14,
@@ -28,7 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipConfig:
+class SiglipConfig(FromVariant, variants=VARIANTS, kind="SigLIP"):
     width: int = 1152
     depth: int = 27
     mlp_dim: int = 4304
@@ -40,24 +41,9 @@ class SiglipConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> SiglipConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown SigLIP variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
-
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-
-def _dense(cfg: SiglipConfig, features: int, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
-
-
-def _layer_norm(cfg: SiglipConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name=name)
 
 
 class SiglipAttention(nn.Module):
@@ -69,11 +55,11 @@ class SiglipAttention(nn.Module):
         cfg = self.config
         b, n, d = x.shape
         heads = lambda y: y.reshape(b, n, cfg.num_heads, d // cfg.num_heads)
-        q = heads(_dense(cfg, d, "q_proj")(x))
-        k = heads(_dense(cfg, d, "k_proj")(x))
-        v = heads(_dense(cfg, d, "v_proj")(x))
+        q = heads(dense(cfg, d, "q_proj")(x))
+        k = heads(dense(cfg, d, "k_proj")(x))
+        v = heads(dense(cfg, d, "v_proj")(x))
         out = dot_product_attention(q, k, v, implementation=cfg.attention_impl)
-        return _dense(cfg, d, "out_proj")(out.reshape(b, n, d))
+        return dense(cfg, d, "out_proj")(out.reshape(b, n, d))
 
 
 class SiglipEncoderLayer(nn.Module):
@@ -83,10 +69,10 @@ class SiglipEncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, _) -> tuple[jax.Array, jax.Array]:
         cfg = self.config
-        x = x + SiglipAttention(cfg, name="self_attn")(_layer_norm(cfg, "layer_norm1")(x))
-        h = _layer_norm(cfg, "layer_norm2")(x)
-        h = _dense(cfg, cfg.mlp_dim, "fc1")(h)
-        h = _dense(cfg, cfg.width, "fc2")(jax.nn.gelu(h, approximate=True))
+        x = x + SiglipAttention(cfg, name="self_attn")(layer_norm(cfg, "layer_norm1")(x))
+        h = layer_norm(cfg, "layer_norm2")(x)
+        h = dense(cfg, cfg.mlp_dim, "fc1")(h)
+        h = dense(cfg, cfg.width, "fc2")(jax.nn.gelu(h, approximate=True))
         x = x + h
         return x, (x if self.collect_outputs else None)
 
@@ -125,7 +111,7 @@ class SiglipVisionTransformer(nn.Module):
         embeddings = x
         x, per_layer = layers(cfg, return_all_layers, name="layers")(x, None)
         if self.post_layernorm:
-            x = _layer_norm(cfg, "post_layernorm")(x)
+            x = layer_norm(cfg, "post_layernorm")(x)
         if return_all_layers:
             return x, jnp.concatenate([embeddings[None], per_layer], axis=0)
         return x

@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segearth_jax.models.attention import dot_product_attention
+from segearth_jax.models.common import FromVariant, dense, layer_norm
+
 VARIANTS: dict[str, dict[str, Any]] = {
     # Swin-B, window 12 (the IN-22k 384 checkpoint Mask2Former's Swin-B IN21k-384 starts from).
     "B/12": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12,
@@ -52,7 +55,7 @@ SHIFT_MASK_VALUE = -100.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SwinConfig:
+class SwinConfig(FromVariant, variants=VARIANTS, kind="Swin"):
     embed_dim: int = 128
     depths: tuple[int, ...] = (2, 2, 18, 2)
     num_heads: tuple[int, ...] = (4, 8, 16, 32)
@@ -60,17 +63,10 @@ class SwinConfig:
     patch_size: int = 4
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
-    # `implementation` of jax.nn.dot_product_attention ("xla", "cudnn" or None = JAX's choice).
-    attention_impl: str | None = "xla"
+    attention_impl: str | None = "auto"  # see models/attention.py (with its bias: XLA)
     remat: bool = False  # recompute each block pair in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    @classmethod
-    def from_variant(cls, name: str, **overrides: Any) -> SwinConfig:
-        if name not in VARIANTS:
-            raise ValueError(f"unknown Swin variant {name!r}; known: {sorted(VARIANTS)}")
-        return cls(**{**VARIANTS[name], **overrides})
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -131,16 +127,6 @@ def window_merge(x: jax.Array, window: int, height: int, width: int) -> jax.Arra
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, c)
 
 
-def _dense(cfg: SwinConfig, features: int, name: str, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    name=name)
-
-
-def _layer_norm(cfg: SwinConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name=name)
-
-
 # ---------------------------------------------------------------------------------------------
 # Modules.
 
@@ -168,11 +154,10 @@ class WindowAttention(nn.Module):
             bias = jnp.broadcast_to(bias[None], (b, nw, h, n, n)).reshape(b * nw, h, n, n)
         # Windows become the batch of the attention: [B * nW, N, heads, head_dim].
         heads = lambda y: y.reshape(b * nw, n, h, c // h)
-        q, k, v = (heads(_dense(cfg, c, name)(x)) for name in ("q", "k", "v"))
+        q, k, v = (heads(dense(cfg, c, name)(x)) for name in ("q", "k", "v"))
         # Scale head_dim^-0.5 (the official qk_scale default); logits and softmax in fp32.
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias,
-                                           implementation=cfg.attention_impl)
-        return _dense(cfg, c, "proj")(out.reshape(b, nw, n, c))
+        out = dot_product_attention(q, k, v, bias=bias, implementation=cfg.attention_impl)
+        return dense(cfg, c, "proj")(out.reshape(b, nw, n, c))
 
 
 class Mlp(nn.Module):
@@ -183,8 +168,8 @@ class Mlp(nn.Module):
         """[..., C] -> [..., C]: fc1 (C -> mlp_ratio * C), exact GELU, fc2."""
         cfg = self.config
         c = x.shape[-1]
-        x = jax.nn.gelu(_dense(cfg, int(c * cfg.mlp_ratio), "fc1")(x), approximate=False)
-        return _dense(cfg, c, "fc2")(x)
+        x = jax.nn.gelu(dense(cfg, int(c * cfg.mlp_ratio), "fc1")(x), approximate=False)
+        return dense(cfg, c, "fc2")(x)
 
 
 class SwinBlock(nn.Module):
@@ -201,7 +186,7 @@ class SwinBlock(nn.Module):
         w = cfg.window_size
         _, h, wd, _ = x.shape
         shortcut = x
-        x = _layer_norm(cfg, "norm1")(x)
+        x = layer_norm(cfg, "norm1")(x)
         hp, wp = -(-h // w) * w, -(-wd // w) * w
         x = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - wd), (0, 0)))  # zeros after norm1
         mask = None
@@ -213,7 +198,7 @@ class SwinBlock(nn.Module):
         if self.shift:
             x = jnp.roll(x, (self.shift, self.shift), axis=(1, 2))
         x = shortcut + x[:, :h, :wd]
-        return x + Mlp(cfg, name="mlp")(_layer_norm(cfg, "norm2")(x))
+        return x + Mlp(cfg, name="mlp")(layer_norm(cfg, "norm2")(x))
 
 
 class PatchMerging(nn.Module):
@@ -228,8 +213,8 @@ class PatchMerging(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                              x[:, 1::2, 1::2]], axis=-1)
-        x = _layer_norm(self.config, "norm")(x)
-        return _dense(self.config, 2 * c, "reduction", use_bias=False)(x)
+        x = layer_norm(self.config, "norm")(x)
+        return dense(self.config, 2 * c, "reduction", use_bias=False)(x)
 
 
 class SwinBlockPair(nn.Module):
@@ -283,7 +268,7 @@ class PatchEmbed(nn.Module):
         x = jnp.pad(pixels.astype(cfg.dtype), ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
         x = nn.Conv(cfg.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=cfg.dtype,
                     param_dtype=cfg.param_dtype, name="proj")(x)
-        return _layer_norm(cfg, "norm")(x)
+        return layer_norm(cfg, "norm")(x)
 
 
 class SwinTransformer(nn.Module):
@@ -301,5 +286,5 @@ class SwinTransformer(nn.Module):
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
             out, x = SwinStage(cfg, depth, heads, downsample=i < num_stages - 1,
                                name=f"layers_{i}")(x)
-            outputs[f"res{i + 2}"] = _layer_norm(cfg, f"norm{i}")(out)
+            outputs[f"res{i + 2}"] = layer_norm(cfg, f"norm{i}")(out)
         return outputs
