@@ -30,10 +30,12 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from segearth_jax.cli import MissingFile, UserError, check_new_dir
+
 Array = np.ndarray
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Raised with the complete diff between a checkpoint and the expected parameters."""
 
 
@@ -128,16 +130,28 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, Callable[[], Array], int
     {name: {dtype, shape, data_offsets}}, then the raw data; numpy has no bfloat16, so this reads
     it with ml_dtypes rather than through `safetensors.numpy`.
     """
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError) as e:  # short file, bad length, JSON cut short
+        raise ConversionError(f"{path}: not a complete .safetensors file (truncated or corrupt "
+                              f"header: {e}); download it again") from e
+    size = os.path.getsize(path) - 8 - n  # bytes of tensor data
+    if size < 0:
+        raise ConversionError(f"{path}: not a complete .safetensors file (truncated header); "
+                              "download it again")
+    data = (np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size
+            else np.zeros(0, np.uint8))  # np.memmap cannot map an empty section
     for key, info in header.items():
         if key == "__metadata__":
             continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise ConversionError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
+        if end > size:
+            raise ConversionError(f"{path}: tensor {key!r} ends at data byte {end} but the file "
+                                  f"holds {size} (truncated); download it again")
         dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
         loader = lambda s=start, e=end, d=dtype, sh=shape: np.asarray(
             data[s:e].view(d).reshape(sh))
@@ -334,9 +348,10 @@ def describe_gaps(unused: list[Gap], not_in_checkpoint: list[Gap]) -> str:
 
 
 def ensure_new_dir(path: os.PathLike) -> Path:
+    """Creates the output directory `path`; `OutputExists` (a FileExistsError) if it is not
+    empty."""
     path = Path(path).absolute()
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty; choose a new --out")
+    check_new_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -399,12 +414,14 @@ def converter_parser(doc: str, src_help: str, variants, default_variant: str | N
 
 
 def run_converter(convert_fn: Callable[..., Path], args: argparse.Namespace, **extra: Any) -> None:
-    """Calls `convert_fn(src, out, variant=, dtype=, **extra)`; a `ConversionError` exits with
-    its message (the full diff) instead of a traceback."""
-    try:
-        out = convert_fn(args.src, args.out, variant=args.variant, dtype=args.dtype, **extra)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
+    """Calls `convert_fn(src, out, variant=, dtype=, **extra)` after checking, before any
+    reading, that `--src` exists and `--out` is new. Called from a `cli.entry_point` main, so a
+    `ConversionError` (a UserError) prints its message (the full diff) instead of a traceback."""
+    if not os.path.exists(args.src):
+        raise MissingFile(f"--src {args.src}: no such file or directory")
+    if not extra.get("dry_run"):
+        check_new_dir(args.out)
+    out = convert_fn(args.src, args.out, variant=args.variant, dtype=args.dtype, **extra)
     print(f"done: {out}")
 
 

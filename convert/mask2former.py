@@ -31,6 +31,7 @@ from convert.common import (
     run_converter,
     write_converted,
 )
+from segearth_jax import cli
 from segearth_jax.models.seg_head import VARIANTS, SegHead, SegHeadConfig
 
 BACKBONE, PIXEL_DECODER, PREDICTOR = r"backbone\.", r"sem_seg_head\.pixel_decoder\.", (
@@ -69,6 +70,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "swin-b",
                                          "source": str(src.absolute())})
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "detectron2 .pkl ({'model': {name: array}})", VARIANTS,
                               "swin-b")

@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from segearth_jax import cli
+
 GRANULARITY = ("semantic", "instance", "part")
 MULTIPLICITY = ("single", "multiple")
 REASONING = ("explicit", "implicit")
@@ -892,8 +894,8 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
     _check_args(n, size, test_fraction, object_scale, subsets)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to "
-                                  "replace its train/ and test/ folders")
+            raise cli.OutputExists(f"--out {out} is not empty; pass --overwrite (overwrite=True)"
+                                   " to replace its train/ and test/ folders")
         for split in ("train", "test"):
             if (out / split).exists():
                 shutil.rmtree(out / split)
@@ -932,6 +934,7 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
             "test_subsets": {s: len(r) for s, r in by_subset.items()}}
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -953,12 +956,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     start = time.perf_counter()
-    try:
-        counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
-                          overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
-                          subsets=args.subsets)
-    except FileExistsError as e:
-        parser.error(str(e))
+    counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
+                      overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
+                      subsets=args.subsets)  # an existing --out: cli.OutputExists
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['train']} train, "
           f"{counts['test']} test records, {counts['masks']} masks")
     for dim, names in DIMENSIONS.items():

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from segearth_jax import cli
+
 SEG = "[SEG]"
 POLICIES = ("raise", "skip")
 MAX_PIXELS = 1 << 28  # Sanity bound on a mask size declared in an annotation (16384 x 16384).
@@ -42,7 +44,7 @@ KINDS = {
 }
 
 
-class BadInput(ValueError):
+class BadInput(cli.UserError, ValueError):
     """Malformed input. `str(e)` is "<file>: record <id>: <problem>" (or "(whole file)").
     `examples`: how many examples it costs when skipped (an EarthReason QAs file holds one per
     question)."""
