@@ -154,3 +154,22 @@ def test_entry_point_in_process(tmp_path, capsys):
         fails("bug")
     assert isinstance(cli.OutputExists("x"), FileExistsError)
     assert isinstance(cli.MissingFile("x"), FileNotFoundError)
+
+
+def test_library_raise_sites_are_user_errors(tmp_path):
+    """The expected failures raised below the entry points are UserErrors naming the path."""
+    from convert.common import ConversionError, read_safetensors
+    from segearth_jax import checkpoint, text
+
+    for call in (lambda: text.load_tokenizer(tmp_path / "no_tok"),
+                 lambda: checkpoint.read_model_spec(tmp_path / "no_model"),
+                 lambda: checkpoint.restore_params(tmp_path / "no_model")):
+        with pytest.raises(cli.MissingFile, match="no_"):
+            call()
+    # Header intact, data cut short (an interrupted download).
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    shard = tmp_path / "cut.safetensors"
+    shard.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(ConversionError, match="cut.safetensors") as e:
+        list(read_safetensors(shard))
+    assert isinstance(e.value, cli.UserError)
