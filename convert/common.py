@@ -33,11 +33,12 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 
 from segearth_jax import safe_pickle
+from segearth_jax.cli import MissingFile, UserError, check_new_dir
 
 Array = np.ndarray
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Raised with the complete diff between a checkpoint and the expected parameters."""
 
 
@@ -320,9 +321,10 @@ def describe_gaps(unused: list[Gap], not_in_checkpoint: list[Gap]) -> str:
 
 
 def ensure_new_dir(path: os.PathLike) -> Path:
+    """Creates the output directory `path`; `OutputExists` (a FileExistsError) if it is not
+    empty."""
     path = Path(path).absolute()
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty; choose a new --out")
+    check_new_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -374,12 +376,14 @@ def converter_parser(doc: str, src_help: str, variants, default_variant: str | N
 
 
 def run_converter(convert_fn: Callable[..., Path], args: argparse.Namespace, **extra: Any) -> None:
-    """Calls `convert_fn(src, out, variant=, dtype=, **extra)`; a `ConversionError` exits with
-    its message (the full diff) instead of a traceback."""
-    try:
-        out = convert_fn(args.src, args.out, variant=args.variant, dtype=args.dtype, **extra)
-    except ConversionError as e:
-        sys.exit(f"error: {e}")
+    """Calls `convert_fn(src, out, variant=, dtype=, **extra)` after checking, before any
+    reading, that `--src` exists and `--out` is new. Called from a `cli.entry_point` main, so a
+    `ConversionError` (a UserError) prints its message (the full diff) instead of a traceback."""
+    if not os.path.exists(args.src):
+        raise MissingFile(f"--src {args.src}: no such file or directory")
+    if not extra.get("dry_run"):
+        check_new_dir(args.out)
+    out = convert_fn(args.src, args.out, variant=args.variant, dtype=args.dtype, **extra)
     print(f"done: {out}")
 
 

@@ -35,6 +35,7 @@ from convert.common import (
     run_converter,
     write_converted,
 )
+from segearth_jax import cli
 from segearth_jax.models.mask_decoder import MaskDecoderConfig
 from segearth_jax.models.pixel_decoder import PixelDecoderConfig
 from segearth_jax.models.seg_head import VARIANTS, SegHead, SegHeadConfig
@@ -122,6 +123,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "swin-b",
                                          "source": str(src.absolute())})
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "detectron2 .pkl ({'model': {name: array}})", VARIANTS,
                               "swin-b")

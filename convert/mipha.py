@@ -34,6 +34,7 @@ from convert.common import (
     run_converter,
     write_converted,
 )
+from segearth_jax import cli
 from segearth_jax.models.mipha import VARIANTS, Mipha, MiphaConfig
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
@@ -145,6 +146,7 @@ def copy_tokenizer(src: Path, out: Path) -> list[str]:
     return names
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "Mipha-3B checkpoint directory (HF layout)", VARIANTS,
                               None, default_dtype="bfloat16")

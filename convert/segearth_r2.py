@@ -67,6 +67,7 @@ from convert.common import (
     run_converter,
     write_converted,
 )
+from segearth_jax import cli
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
 
 # Our variant -> (Mipha variant, segmentation-head variant).
@@ -239,6 +240,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     return out
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "merged SegEarth-R2 directory (HF layout)", VARIANTS, None,
                               default_dtype="bfloat16")

@@ -41,6 +41,7 @@ from convert.common import (
     with_fields,
     write_converted,
 )
+from segearth_jax import cli
 from segearth_jax.models.swin import VARIANTS, SwinConfig, SwinTransformer
 
 # Source regex of a block (after the prefix) and our path of it (after dst_prefix).
@@ -164,6 +165,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
                                          "source": str(src.absolute())})
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "official Swin .pth ({'model': state})", VARIANTS, "B/12")
     run_converter(convert, parser.parse_args(argv))

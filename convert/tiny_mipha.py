@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from segearth_jax import cli
 from segearth_jax.models.mipha import MiphaConfig
 
 FORMATS = ("safetensors", "sharded", "bin")
@@ -109,12 +110,14 @@ def write_checkpoint(out: str | Path, fmt: str = "safetensors", seed: int = 0,
     return out
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--format", choices=FORMATS, default="safetensors")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    cli.check_new_dir(args.out)
     print(f"wrote {write_checkpoint(args.out, args.format, args.seed)}")
 
 

@@ -21,12 +21,14 @@ import logging
 import os
 import sys
 
+from segearth_jax import cli
 from segearth_jax.input.datasets import BUILDERS, ON_ERROR_ENV, build, load
 from segearth_jax.input.records import POLICIES
 
 __all__ = ["BUILDERS", "ON_ERROR_ENV", "build", "load", "main"]
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.builders", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -41,6 +41,7 @@ from pycocotools import mask as mask_utils
 
 from data.instructions import DIMENSIONS, SUBSETS, Spec, describe, pick_targets, spec_for
 from data.scenes import make_scene
+from segearth_jax import cli
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -100,8 +101,8 @@ def _prepare(out: Path, overwrite: bool) -> None:
     `overwrite` (then only out/train and out/test are removed first)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite (overwrite=True) to "
-                                  "replace its train/ and test/ folders")
+            raise cli.OutputExists(f"--out {out} is not empty; pass --overwrite (overwrite=True)"
+                                   " to replace its train/ and test/ folders")
         for split in ("train", "test"):
             if (out / split).exists():
                 shutil.rmtree(out / split)
@@ -156,6 +157,7 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
             "test_subsets": {s: len(r) for s, r in by_subset.items()}}
 
 
+@cli.entry_point
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -177,12 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     start = time.perf_counter()
-    try:
-        counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
-                          overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
-                          subsets=args.subsets)
-    except FileExistsError as e:
-        parser.error(str(e))
+    counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
+                      overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
+                      subsets=args.subsets)  # an existing --out: cli.OutputExists
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['train']} train, "
           f"{counts['test']} test records, {counts['masks']} masks")
     for dim, names in DIMENSIONS.items():

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from segearth_jax import cli
+
 
 def save_params(directory: str | Path, params: Any) -> None:
     """Writes `params` to `directory/params` (synchronously)."""
@@ -28,7 +30,7 @@ def restore_params(directory: str | Path, target: Any | None = None) -> Any:
     `jax.eval_shape`) the tree, dtypes and shardings are checked and cast to it."""
     path = Path(directory).absolute() / "params"
     if not path.exists():
-        raise FileNotFoundError(f"no parameter checkpoint at {path}")
+        raise cli.MissingFile(f"{directory}: no parameter checkpoint ({path} is missing)")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
             return ckptr.restore(path)
@@ -44,6 +46,10 @@ def write_model_spec(directory: str | Path, spec: dict[str, Any]) -> None:
 
 def read_model_spec(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "model.json"
+    if not Path(directory).is_dir():
+        raise cli.MissingFile(f"{directory}: no such model directory (a converter's --out or a "
+                              "training export)")
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: {directory} is not a converted model")
+        raise cli.MissingFile(f"{path} is missing: {directory} is not a converted model (a "
+                              "converter's --out) or a training export")
     return json.loads(path.read_text())

@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from segearth_jax import metrics
+from segearth_jax import cli, metrics
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
 MODES = ("teacher_forced", "generate")
@@ -77,7 +77,8 @@ def resolve_questions(questions: str | None, preset: str) -> str:
     if questions in (None, "", "auto"):
         return "first" if preset == "segearth_r1" else "all"
     if questions not in QUESTIONS:
-        raise ValueError(f"eval questions {questions!r}: one of {QUESTIONS} or 'auto'")
+        raise cli.BadValue(f"--questions / config.eval.questions {questions!r}: one of "
+                           f"{QUESTIONS} or 'auto'")
     return questions
 
 
@@ -91,7 +92,7 @@ def resolve_mode(mode: str | None, preset: str) -> str:
     if mode in (None, "", "auto"):
         return "teacher_forced" if preset == "segearth_r2" else "generate"
     if mode not in MODES:
-        raise ValueError(f"eval mode {mode!r}: one of {MODES} or 'auto'")
+        raise cli.BadValue(f"--mode / config.eval.mode {mode!r}: one of {MODES} or 'auto'")
     return mode
 
 
@@ -176,7 +177,8 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
     split = split or config.data.eval_split
     preset = preset or config.eval.preset
     if preset not in metrics.PRESETS:
-        raise ValueError(f"metric preset {preset!r}: one of {sorted(metrics.PRESETS)}")
+        raise cli.BadValue(f"--preset / config.eval.preset {preset!r}: one of "
+                           f"{sorted(metrics.PRESETS)}")
     mode = resolve_mode(mode or config.eval.get("mode", "auto"), preset)
     questions = resolve_questions(questions or config.eval.get("questions", "auto"), preset)
     evaluator = metrics.Evaluator(metrics.PRESETS[preset])
@@ -274,17 +276,19 @@ def define_flags() -> None:
     flags.DEFINE_enum("questions", None, [*QUESTIONS, "auto"], "all: every question of an image; "
                       "first: its first question only (the SegEarth-R1 EarthReason protocol) "
                       "(default: config.eval.questions)")
+    flags.mark_flags_as_required(["config", "checkpoint"])
 
 
+@cli.entry_point
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None or FLAGS.checkpoint is None:
-        raise app.UsageError("--config and --checkpoint are required")
+    cli.check_dir(FLAGS.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
+                  "convert.segearth_r2 --out or a training export)")
     evaluate(FLAGS.config, FLAGS.checkpoint, split=FLAGS.split, preset=FLAGS.preset,
              out=FLAGS.out, limit=FLAGS.limit, mode=FLAGS.mode, questions=FLAGS.questions)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run_absl(main)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segearth_jax import checkpoint, text
+from segearth_jax import checkpoint, cli, text
 from segearth_jax.models.mipha import Mipha, MiphaConfig
 
 
@@ -96,7 +96,8 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
     """A converted model directory (see `segearth_jax.checkpoint`) -> (module, params)."""
     spec = checkpoint.read_model_spec(directory)
     if spec.get("kind") != "mipha":
-        raise ValueError(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha'")
+        raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha' (a "
+                           "convert.mipha output)")
     cfg = MiphaConfig.from_variant(spec["variant"], **spec.get("overrides", {}))
     model = Mipha(cfg)
     params = checkpoint.restore_params(directory)
@@ -112,14 +113,19 @@ def main(argv: list[str] | None = None) -> None:
     random image is used.
     """
     parser = argparse.ArgumentParser(description="Greedy generation with a converted Mipha.")
-    parser.add_argument("--model", required=True, help="directory written by convert.mipha")
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
+                        help="directory written by convert.mipha (--model: the old spelling)")
     parser.add_argument("--prompt", required=True, help="the instruction")
     parser.add_argument("--image", default=None, help="image file (default: random pixels)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0)
     args = parser.parse_args(argv)
 
-    model, params = load_model(args.model)
+    cli.check_dir(args.checkpoint, "--checkpoint",
+                  "a Mipha model directory (a convert.mipha --out)")
+    if args.image and not Path(args.image).is_file():
+        raise cli.MissingFile(f"--image {args.image}: no such file")
+    model, params = load_model(args.checkpoint)
     cfg = model.config
     size = cfg.vision.image_size
     if args.image:
@@ -127,12 +133,12 @@ def main(argv: list[str] | None = None) -> None:
 
         bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
         if bgr is None:
-            raise SystemExit(f"error: cannot read image {args.image}")
+            raise cli.BadValue(f"--image {args.image}: not an image OpenCV can read")
         rgb = cv2.resize(bgr[..., ::-1], (size, size), interpolation=cv2.INTER_CUBIC)
         pixels = (rgb.astype(np.float32) / 255.0 - 0.5) / 0.5
     else:
         pixels = np.random.default_rng(0).uniform(-1, 1, (size, size, 3)).astype(np.float32)
-    tok = text.load_tokenizer(Path(args.model) / "tokenizer")
+    tok = text.load_tokenizer(Path(args.checkpoint) / "tokenizer")
     ids = text.tokenize_with_image(tok, text.conversation(args.prompt), cfg.vision.num_patches,
                                    cfg.llm.image_token_id)[None]
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from segearth_jax import checkpoint
+from segearth_jax import checkpoint, cli
 
 # (config.init key, parameter prefix, leaves under the prefix a checkpoint may lack).
 SOURCES = (
@@ -47,7 +47,8 @@ def checkpoint_shapes(directory: str | Path) -> dict[str, jax.ShapeDtypeStruct]:
     read from its metadata (no array is loaded)."""
     path = Path(directory).absolute() / "params"
     if not path.exists():
-        raise FileNotFoundError(f"no parameter checkpoint at {path}")
+        raise cli.MissingFile(f"{directory} (a config.init.* checkpoint): no parameter "
+                              f"checkpoint ({path} is missing)")
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.metadata(path).item_metadata.tree
     return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in _flat(tree).items()}
@@ -71,7 +72,7 @@ def check_checkpoint(found: dict[str, jax.ShapeDtypeStruct], target: dict[str, A
     errors += [f"missing {k}" for k in target
                if under(k) and k not in have and not re.fullmatch(missing_ok, k)]
     if errors:
-        raise ValueError(f"{source} does not fit the model ({len(errors)} problems):\n  "
+        raise cli.BadValue(f"{source} does not fit the model ({len(errors)} problems):\n  "
                          + "\n  ".join(errors))
 
 
@@ -105,7 +106,7 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
         loaded = restore_into(directory, sorted(found), flat_target, prefix)
         overlap = leaves.keys() & loaded.keys()
         if overlap:
-            raise ValueError(f"{directory} provides parameters another init.* checkpoint "
+            raise cli.BadValue(f"{directory} provides parameters another init.* checkpoint "
                              f"already gave: {sorted(overlap)[:5]}")
         leaves.update(loaded)
 

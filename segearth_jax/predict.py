@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segearth_jax import visualize
+from segearth_jax import cli, visualize
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
 
@@ -152,7 +151,7 @@ def list_inputs(spec: str, prompt: str | None) -> list[tuple[str, str, str]]:
     return [(n, f, t) for n, (f, t) in zip(names, items, strict=True)]
 
 
-class InputError(ValueError):
+class InputError(cli.UserError, ValueError):
     """A bad --inputs specification (a one-line message for the user)."""
 
 
@@ -202,6 +201,7 @@ def predict_many(predictor: SegEarthPredictor, inputs: list[tuple[str, str, str]
     return counts
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="SegEarth-R2 model directory")
@@ -226,33 +226,29 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --inputs: also write the heatmaps (one more pass per image)")
     args = parser.parse_args(argv)
 
-    from segearth_jax.input.records import BadInput, load_image
+    from segearth_jax.input.records import load_image
 
     out = Path(args.out)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    cli.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
+                  "convert.segearth_r2 --out or a training export)")
     if args.scene:
-        from segearth_jax.scene import SceneError, predict_scene
+        from segearth_jax.scene import predict_scene
 
         if not args.prompt:
             parser.error("--prompt is required")
         if not Path(args.scene).is_file():
-            sys.exit(f"error: --scene {args.scene}: no such file")
+            raise cli.MissingFile(f"--scene {args.scene}: no such file")
         predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                       temperature=args.temperature)
-        try:
-            s = predict_scene(predictor, args.scene, args.prompt, out, overlap=args.overlap,
-                              batch_size=args.batch_size)
-        except SceneError as e:
-            sys.exit(f"error: {e}")
+        s = predict_scene(predictor, args.scene, args.prompt, out, overlap=args.overlap,
+                          batch_size=args.batch_size)  # a SceneError is a UserError
         print(f"{s['windows']} windows, targets {s['targets'] or 'none'}, {s['polygons']} "
               f"polygon(s): {out}/mask.tif, targets.geojson, overview.png, scene.json")
         return
     if args.inputs:
-        try:
-            inputs = list_inputs(args.inputs, args.prompt)
-        except InputError as e:
-            sys.exit(f"error: {e}")
+        inputs = list_inputs(args.inputs, args.prompt)
         predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                       temperature=args.temperature)
         c = predict_many(predictor, inputs, out, args.batch_size, args.attention)
@@ -262,10 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.prompt:
         parser.error("--prompt is required")
-    try:
-        image = load_image(args.image, "predict")
-    except BadInput as e:
-        sys.exit(f"error: {e}")
+    image = load_image(args.image, "predict")  # a BadInput is a UserError
     predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature)
     res = predict(predictor, image, args.prompt, out, attention=not args.no_attention)

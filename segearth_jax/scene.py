@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from segearth_jax import visualize
+from segearth_jax import cli, visualize
 from segearth_jax.inference import SegEarthPredictor, logits_to_image
 
 EDGE_WEIGHT = 0.05  # blend weight at a window's border (1 at its centre)
@@ -42,7 +42,7 @@ ABSENT_LOGIT = -20.0  # a window without target i: background for it
 OVERVIEW_SIZE = 2048
 
 
-class SceneError(ValueError):
+class SceneError(cli.UserError, ValueError):
     """A raster the scene mode cannot read (a one-line message for the user)."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segearth_jax import cli
+
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 IMAGE = "<image>"
@@ -58,6 +60,9 @@ def load_tokenizer(directory: str | Path):
     """The tokenizer saved beside converted weights, with `[SEG]` added as a token."""
     from transformers import AutoTokenizer
 
+    if not Path(directory).is_dir():
+        raise cli.MissingFile(f"{directory}: no such tokenizer directory (config.tokenizer, or "
+                              "the tokenizer/ folder of a converted model)")
     tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     tok.add_tokens([SEG])
     return tok

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segearth_jax import checkpoint, losses, optim, sharding
+from segearth_jax import checkpoint, cli, losses, optim, sharding
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
 from segearth_jax.input.settings import Settings
@@ -455,20 +454,20 @@ def define_flags() -> None:
     """The command line (defined only when run as a program, so modules import freely)."""
     config_flags.DEFINE_config_file("config", None, "training configuration file", lock_config=True)
     flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
+@cli.entry_point
 def main(argv: list[str]) -> None:
+    """Trains; a non-finite loss stops the run with one `error:` line and status 1."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.config is None or FLAGS.workdir is None:
-        raise app.UsageError("--config and --workdir are required")
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(e, status=1)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run_absl(main)

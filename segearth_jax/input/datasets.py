@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from segearth_jax import cli
 from segearth_jax.input import readers
 from segearth_jax.input.records import (
     POLICIES,
@@ -152,8 +153,10 @@ class _SegEarthBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         root = Path(dl_manager.manual_dir)
         splits = [s for s in self.SPLITS if self._has_split(root, s)]
         if not splits:
-            raise BadInput(root, None, f"no {self.name} split found in --manual_dir:\n"
-                           f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}", "missing_file")
+            flag = getattr(self, "manual_dir_flag", "--manual_dir")
+            how = " ".join(self.MANUAL_DOWNLOAD_INSTRUCTIONS.replace("--manual_dir", flag).split())
+            raise BadInput(root, None, f"no {self.name} split found in this folder. {how}",
+                           "missing_file")
         return {s: self._generate_examples(root=str(root), split=s) for s in splits}
 
     def _generate_examples(self, root: str, split: str):
@@ -243,23 +246,30 @@ BUILDERS: dict[str, type[_SegEarthBuilder]] = {
 
 def _builder_cls(name: str) -> type[_SegEarthBuilder]:
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; one of {sorted(BUILDERS)}")
+        raise cli.BadValue(f"unknown dataset {name!r}; one of {sorted(BUILDERS)}")
     return BUILDERS[name]
 
 
 def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike,
-          on_error: str | None = "raise", *, overwrite: bool = False) -> _SegEarthBuilder:
+          on_error: str | None = "raise", *, overwrite: bool = False,
+          flag: str = "--manual_dir") -> _SegEarthBuilder:
     """Builds (or, if already built and not `overwrite`, reuses) dataset `name` from the
     released folder `manual_dir` into `data_dir/<name>/<version>/`; returns the builder.
     on_error: "raise" | "skip" | None (None: $SEGEARTH_ON_ERROR, else "raise").
-    manual_dir may be None when the dataset is already built."""
-    builder = _builder_cls(name)(data_dir=os.fspath(data_dir), on_error=on_error)
+    manual_dir may be None when the dataset is already built. flag: how the user passes
+    manual_dir (named in the `cli.MissingFile` raised when it is needed and absent)."""
+    cls = _builder_cls(name)
+    how = " ".join(cls.MANUAL_DOWNLOAD_INSTRUCTIONS.replace("--manual_dir", flag).split())
+    # Checked before the builder exists: TFDS logs a warning for a version folder it lacks.
+    built = (epath.Path(data_dir) / name / str(cls.VERSION) / "dataset_info.json").exists()
+    if manual_dir is None and (overwrite or not built):
+        raise cli.MissingFile(f"{name} is not built in {os.fspath(data_dir)!r}: {how}")
+    if (overwrite or not built) and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+        raise cli.MissingFile(f"{flag} {manual_dir}: no such folder, or empty. {how}")
+    builder = cls(data_dir=os.fspath(data_dir), on_error=on_error)
+    builder.manual_dir_flag = flag
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    if manual_dir is None and (overwrite or not builder.is_prepared()):
-        raise FileNotFoundError(f"{name} is not built in {builder.data_dir}: pass the released "
-                                f"dataset folder as manual_dir.\n"
-                                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=None if manual_dir is None else os.fspath(manual_dir), download_mode=mode))
     return builder

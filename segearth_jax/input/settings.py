@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from segearth_jax import text
+from segearth_jax import cli, text
 from segearth_jax.models.phi import IMAGE_TOKEN_ID
 
 SPATIAL_GT = ("paper", "official")
@@ -38,9 +38,11 @@ class Settings:
 
     def __post_init__(self):
         if self.spatial_gt not in SPATIAL_GT:
-            raise ValueError(f"data.spatial_gt={self.spatial_gt!r}; expected one of {SPATIAL_GT}")
+            raise cli.BadValue(f"--config.data.spatial_gt={self.spatial_gt!r}; expected one of "
+                               f"{SPATIAL_GT}")
         if self.template not in text.TEMPLATES:
-            raise ValueError(f"data.template={self.template!r}; known: {text.TEMPLATES}")
+            raise cli.BadValue(f"--config.data.template={self.template!r}; known: "
+                               f"{text.TEMPLATES}")
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -73,14 +75,14 @@ class Settings:
                     official_prompt=self.official_prompt)
 
     def check_model(self, model: Any) -> None:
-        """Raises ValueError, naming the flag, where the data disagree with the model (a
+        """Raises `cli.BadValue`, naming the flag, where the data disagree with the model (a
         `SegEarthR2Config`): SigLIP image size, patch size, image-token id."""
         vision, llm = model.mllm.vision, model.mllm.llm
         for key, data, want in (("siglip_size", self.siglip_size, vision.image_size),
                                 ("patch_size", self.patch_size, vision.patch_size),
                                 ("image_token_id", self.image_token_id, llm.image_token_id)):
             if data != want:
-                raise ValueError(f"--config.data.{key}={data} does not match the model "
+                raise cli.BadValue(f"--config.data.{key}={data} does not match the model "
                                  f"(its SigLIP/Phi config says {want}); set it to {want}")
 
 

@@ -16,7 +16,8 @@ def open_source(d: ml_collections.ConfigDict, split: str):
     from segearth_jax.input import datasets
 
     builder = datasets.build(d.name, manual_dir=d.get("manual_dir") or None,
-                             data_dir=d.data_dir, on_error=d.on_error)
+                             data_dir=d.data_dir, on_error=d.on_error,
+                             flag="--config.data.manual_dir")
     return builder.as_data_source()[split]
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from segearth_jax import text
+from segearth_jax import cli, text
 
 IGNORE = -100  # label of positions without a text loss
 
 
-class RecordError(ValueError):
+class RecordError(cli.UserError, ValueError):
     """A record that cannot become an example; the message names the record."""
 
 
