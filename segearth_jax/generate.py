@@ -105,6 +105,7 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
     return model, params
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
     """Generates an answer for one image and one instruction with a converted Mipha.
 
