@@ -31,8 +31,9 @@ gradio_client = pytest.importorskip("gradio_client", reason='needs the [app] ext
 
 ROOT = Path(__file__).resolve().parents[1]
 EASY = ("semantic", "single", "explicit", "short")
-# Measured (2-core CPU): after 30 steps every semantic test record's answer has a [SEG].
-N_RECORDS, STEPS, LR = 30, 30, 2e-3
+# Measured (2-core CPU): after 30 steps every semantic test record's answer has a [SEG] (text
+# loss 7 -> 2); 40 for a margin (~5 s more).
+N_RECORDS, STEPS, LR = 30, 40, 2e-3
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -259,7 +260,8 @@ def test_app_in_browser(model, server, browser, tmp_path):
     # Blended with the mask's colour inside; unchanged away from the masks (outlines, names).
     assert (diff[inside] > 0).mean() > 0.9, (diff[inside] > 0).mean()
     far = ~cv2.dilate(inside.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
-    assert (diff[far] == 0).mean() > 0.9, (diff[far] == 0).mean()
+    if far.sum() > 100:  # (unless the mask covers nearly everything)
+        assert (diff[far] == 0).mean() > 0.9, (diff[far] == 0).mean()
     n = len(result["targets"])
     assert len(browser.find_elements(By.CSS_SELECTOR, "#masks img")) >= n
     assert len(browser.find_elements(By.CSS_SELECTOR, "#attention img")) >= n
