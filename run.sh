@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start. `bash run.sh demo`: set up and run the main job; `bash run.sh test`: the tests.
-# Both create ./.venv on first use (Python >= 3.11; torch is the CPU wheel torch==2.13.0).
+# Quick start. `bash run.sh demo`: set up and run the main job; `bash run.sh test`: the tests;
+# `bash run.sh app [--port 7860]`: the web app on the demo's model (after `bash run.sh demo`).
+# Each creates ./.venv on first use (Python >= 3.11; torch is the CPU wheel torch==2.13.0).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,11 +11,11 @@ setup() {
   fi
   # shellcheck disable=SC1091
   . .venv/bin/activate
-  if ! python -c "import segearth_jax, torch, pytest" 2>/dev/null \
+  if ! python -c "import segearth_jax, torch, pytest, gradio, selenium" 2>/dev/null \
       || [ pyproject.toml -nt .venv/.installed ]; then
     # (the grep drops this machine's pip notes about absent local index folders)
     python -m pip install --quiet --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
-    python -m pip install --quiet -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
+    python -m pip install --quiet -e ".[app,test]" 2> >(grep -v "is ignored: it is neither" >&2)
     touch .venv/.installed
   fi
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -53,8 +54,21 @@ tests() {
   python -m pytest -q -n auto --dist loadfile --durations=15 tests "$@"
 }
 
+app() {
+  setup
+  if [ ! -f demo_out/tiny_run/export/model.json ]; then
+    echo "no demo model in demo_out/tiny_run/export: run 'bash run.sh demo' first" \
+      "(or: python -m segearth_jax.app --checkpoint MODEL_DIR)" >&2
+    exit 1
+  fi
+  python -m segearth_jax.app --checkpoint demo_out/tiny_run/export \
+    --examples demo_out/synthetic_raw/test "$@"
+}
+
 case "${1:-}" in
   demo) demo ;;
   test) shift; tests "$@" ;;
-  *) echo "usage: bash run.sh demo | bash run.sh test [pytest args]" >&2; exit 2 ;;
+  app) shift; app "$@" ;;
+  *) echo "usage: bash run.sh demo | bash run.sh test [pytest args] | bash run.sh app [--port N]" >&2
+     exit 2 ;;
 esac

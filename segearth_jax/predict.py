@@ -23,6 +23,10 @@ import numpy as np
 from segearth_jax import cli, visualize
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
+# Largest image one prediction takes (its masks come back at full size, float32 logits first);
+# larger rasters go through `--scene`.
+MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels, e.g. 8192 x 8192
+
 
 def prepare(image: np.ndarray, instruction: str, predictor: SegEarthPredictor
             ) -> dict[str, np.ndarray]:
@@ -82,21 +86,48 @@ def predict(predictor: SegEarthPredictor, image: np.ndarray, instruction: str,
     return predict_batch(predictor, [image], [instruction], [out], attention)[0]
 
 
+def pictures(image: np.ndarray, result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The pictures of one prediction, RGB uint8 [H, W, 3] at the image's size, by file stem:
+    `mask_<i>` (0/255), `overlay` (masks in their colours, named), `attention_<i>` (heatmaps)."""
+    masks, names = result["masks"], result["targets"]
+    out = {f"mask_{i}": np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=-1)
+           for i, m in enumerate(masks)}
+    out["overlay"] = visualize.overlay(image, masks, names)
+    for i, att in enumerate(result.get("attention", [])):
+        out[f"attention_{i}"] = visualize.attention_heatmap(image, att)
+    return out
+
+
+def result_json(image: np.ndarray, instruction: str, result: dict[str, Any]) -> dict[str, Any]:
+    """result.json's content: instruction, answer, target names, image size, COCO-RLE masks."""
+    return {"instruction": instruction, "answer": result["answer"], "targets": result["targets"],
+            "image_size": list(image.shape[:2]), "masks": visualize.masks_to_rle(result["masks"])}
+
+
 def write_result(out: Path, image: np.ndarray, instruction: str, result: dict[str, Any]) -> None:
     """The masks, overlay, heatmaps and result.json of one prediction, into `out` (result.json
     last: its presence marks a finished result)."""
     out.mkdir(parents=True, exist_ok=True)
-    masks, names = result["masks"], result["targets"]
-    for i, m in enumerate(masks):
-        visualize.write_png(out / f"mask_{i}.png",
-                            np.repeat((m * 255).astype(np.uint8)[..., None], 3, axis=-1))
-    visualize.write_png(out / "overlay.png", visualize.overlay(image, masks, names))
-    for i, att in enumerate(result.get("attention", [])):
-        visualize.write_png(out / f"attention_{i}.png", visualize.attention_heatmap(image, att))
-    (out / "result.json").write_text(json.dumps({
-        "instruction": instruction, "answer": result["answer"], "targets": names,
-        "image_size": list(image.shape[:2]), "masks": visualize.masks_to_rle(masks)},
-        indent=2) + "\n")
+    for stem, rgb in pictures(image, result).items():
+        visualize.write_png(out / f"{stem}.png", rgb)
+    (out / "result.json").write_text(json.dumps(result_json(image, instruction, result),
+                                                indent=2) + "\n")
+
+
+def read_image(path: str | os.PathLike, name: str | None) -> np.ndarray:
+    """An image file as the model takes it: RGB uint8 [H, W, 3] (`records.load_image`: 8-bit gray
+    replicated to RGB, the alpha of RGBA and gray + alpha dropped; 16-bit, float, multi-band,
+    multi-page, corrupt or non-image files refused), at most MAX_IMAGE_PIXELS pixels.
+    Raises `records.BadInput` (message: file, `name`, what is wrong, what to do)."""
+    from segearth_jax.input.records import BadInput, load_image
+
+    image = load_image(path, name)
+    h, w = image.shape[:2]
+    if h * w > MAX_IMAGE_PIXELS:
+        raise BadInput(path, name, f"{w}x{h} image ({h * w / 1e6:.0f} megapixels) is larger than "
+                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels: for a large raster use "
+                       "`predict --scene` (sliding windows), or downscale it", "unsupported_image")
+    return image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +195,7 @@ def predict_many(predictor: SegEarthPredictor, inputs: list[tuple[str, str, str]
     failed."""
     from tqdm import tqdm
 
-    from segearth_jax.input.records import BadInput, load_image
+    from segearth_jax.input.records import BadInput
 
     out.mkdir(parents=True, exist_ok=True)
     todo = [x for x in inputs if not (out / x[0] / "result.json").exists()]
@@ -178,7 +209,7 @@ def predict_many(predictor: SegEarthPredictor, inputs: list[tuple[str, str, str]
             chunk, images = [], []
             for name, file, prompt in todo[start:start + batch_size]:
                 try:
-                    images.append(load_image(file, name))
+                    images.append(read_image(file, name))
                     chunk.append((name, file, prompt))
                 except BadInput as e:
                     counts["failed"] += 1
@@ -206,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="SegEarth-R2 model directory")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--image", help="one image file (any size; RGB, gray, RGBA)")
+    what.add_argument("--image", help="one image file (8-bit RGB, gray or RGBA; up to "
+                      f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)")
     what.add_argument("--inputs", help="many: a folder of images, a glob (quoted), or a .jsonl of "
                       '{"image": path, "prompt": text} lines')
     what.add_argument("--scene", help="one large raster (GeoTIFF, PNG, JPEG) in sliding windows: "
@@ -226,7 +258,6 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --inputs: also write the heatmaps (one more pass per image)")
     args = parser.parse_args(argv)
 
-    from segearth_jax.input.records import load_image
 
     out = Path(args.out)
     if args.batch_size < 1:
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.prompt:
         parser.error("--prompt is required")
-    image = load_image(args.image, "predict")  # a BadInput is a UserError
+    image = read_image(args.image, "predict")  # a BadInput is a UserError
     predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature)
     res = predict(predictor, image, args.prompt, out, attention=not args.no_attention)
