@@ -237,18 +237,16 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
     (None: the expected leaf's dtype). Returns a nested dict of numpy arrays; with `dry_run`,
     only names and shapes are checked and the leaves are the expected specs (nothing allocated).
     """
-    expected_flat = {p: s for p, s in flatten_dict(expected, sep="/").items()
-                     if not any(re.fullmatch(g.pattern, p) for g in not_in_checkpoint)}
+    tree = _Filling({p: s for p, s in flatten_dict(expected, sep="/").items()
+                     if not any(re.fullmatch(g.pattern, p) for g in not_in_checkpoint)},
+                    dtype, dry_run)
     compiled = [(re.compile(r.pattern), r) for r in rules]
-    out: dict[str, Array] = {}
-    filled: dict[str, set[int]] = {}
-    unexpected, misshaped, duplicate = [], [], []
     for key, load, nbytes in source:
         if any(re.fullmatch(g.pattern, key) for g in unused):
             continue
         match = next(((m, r) for rx, r in compiled if (m := rx.fullmatch(key))), None)
         if match is None:
-            unexpected.append(key)
+            tree.unexpected.append(key)
             continue
         m, rule = match
         groups = m.groupdict()
@@ -257,59 +255,80 @@ def convert_tensors(source: Iterator[tuple[str, Callable[[], Array], int]], rule
         split = isinstance(rule.target, tuple)
         targets = [t.format(**groups) for t in (rule.target if split else (rule.target,))]
         values = rule.transform(load())
-        values = values if split else (values,)
         layer = int(groups["layer"]) if "layer" in groups else None
-        for target, value in zip(targets, values, strict=True):
-            if target not in expected_flat:
-                unexpected.append(f"{key} (-> {target}, which the model does not have)")
-                continue
-            spec = expected_flat[target]
-            shape = tuple(spec.shape)
-            if layer is not None:
-                if layer >= shape[0]:
-                    unexpected.append(f"{key} (layer {layer}, the model has {shape[0]})")
-                    continue
-                shape = shape[1:]
-            if tuple(value.shape) != shape:
-                misshaped.append(f"{key}: {tuple(value.shape)} after transform, {target} "
-                                 f"expects {shape}")
-                continue
-            out_dtype = dtype or spec.dtype
-            if layer is None:
-                if target in out:
-                    duplicate.append(f"{key} -> {target}")
-                out[target] = spec if dry_run else np.asarray(value, dtype=out_dtype)
-            else:
-                if target not in out:
-                    out[target] = spec if dry_run else np.zeros(spec.shape, dtype=out_dtype)
-                if layer in filled.setdefault(target, set()):
-                    duplicate.append(f"{key} -> {target}[{layer}]")
-                if not dry_run:
-                    out[target][layer] = value
-                filled[target].add(layer)
+        for target, value in zip(targets, values if split else (values,), strict=True):
+            tree.put(key, target, value, layer)
         if progress:
             progress.update(nbytes)
     if progress:
         progress.update(0, final=True)
+    tree.check()
+    return unflatten_dict(tree.out, sep="/")
 
-    missing = []
-    for path, spec in expected_flat.items():
-        if path not in out:
-            missing.append(f"{path} {tuple(spec.shape)}")
-        elif path in filled and len(filled[path]) != spec.shape[0]:
-            absent = sorted(set(range(spec.shape[0])) - filled[path])
-            missing.append(f"{path} layers {absent}")
-    problems = [("missing (our parameter, no checkpoint key)", missing),
-                ("unexpected (checkpoint key, no rule)", unexpected),
-                ("mis-shaped", misshaped), ("duplicate", duplicate)]
-    if any(items for _, items in problems):
-        lines = ["checkpoint does not match the model:"]
-        for title, items in problems:
-            if items:
-                lines.append(f"  {len(items)} {title}:")
-                lines.extend(f"    {item}" for item in items)
-        raise ConversionError("\n".join(lines))
-    return unflatten_dict(out, sep="/")
+
+@dataclasses.dataclass
+class _Filling:
+    """The flat parameter tree `convert_tensors` fills, and what went wrong on the way."""
+
+    expected: dict[str, Any]  # path -> shape/dtype spec
+    dtype: Any
+    dry_run: bool
+    out: dict[str, Any] = dataclasses.field(default_factory=dict)
+    filled: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # stacked: layers
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    misshaped: list[str] = dataclasses.field(default_factory=list)
+    duplicate: list[str] = dataclasses.field(default_factory=list)
+
+    def put(self, key: str, target: str, value: Array, layer: int | None) -> None:
+        """Checkpoint tensor `key` (transformed) -> `target`, or layer `layer` of it."""
+        if target not in self.expected:
+            self.unexpected.append(f"{key} (-> {target}, which the model does not have)")
+            return
+        spec = self.expected[target]
+        shape = tuple(spec.shape)
+        if layer is not None:
+            if layer >= shape[0]:
+                self.unexpected.append(f"{key} (layer {layer}, the model has {shape[0]})")
+                return
+            shape = shape[1:]
+        if tuple(value.shape) != shape:
+            self.misshaped.append(f"{key}: {tuple(value.shape)} after transform, {target} "
+                                  f"expects {shape}")
+            return
+        dtype = self.dtype or spec.dtype
+        if layer is None:
+            if target in self.out:
+                self.duplicate.append(f"{key} -> {target}")
+            self.out[target] = spec if self.dry_run else np.asarray(value, dtype=dtype)
+            return
+        if target not in self.out:
+            self.out[target] = spec if self.dry_run else np.zeros(spec.shape, dtype=dtype)
+        if layer in self.filled.setdefault(target, set()):
+            self.duplicate.append(f"{key} -> {target}[{layer}]")
+        if not self.dry_run:
+            self.out[target][layer] = value
+        self.filled[target].add(layer)
+
+    def check(self) -> None:
+        """Raises one ConversionError listing every missing, unexpected, mis-shaped or duplicate
+        entry (strict both ways)."""
+        missing = []
+        for path, spec in self.expected.items():
+            if path not in self.out:
+                missing.append(f"{path} {tuple(spec.shape)}")
+            elif path in self.filled and len(self.filled[path]) != spec.shape[0]:
+                absent = sorted(set(range(spec.shape[0])) - self.filled[path])
+                missing.append(f"{path} layers {absent}")
+        problems = [("missing (our parameter, no checkpoint key)", missing),
+                    ("unexpected (checkpoint key, no rule)", self.unexpected),
+                    ("mis-shaped", self.misshaped), ("duplicate", self.duplicate)]
+        if any(items for _, items in problems):
+            lines = ["checkpoint does not match the model:"]
+            for title, items in problems:
+                if items:
+                    lines.append(f"  {len(items)} {title}:")
+                    lines.extend(f"    {item}" for item in items)
+            raise ConversionError("\n".join(lines))
 
 
 def describe_gaps(unused: list[Gap], not_in_checkpoint: list[Gap]) -> str:
