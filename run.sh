@@ -24,17 +24,25 @@ setup() {
 demo() {
   setup
   rm -rf demo_out
-  echo "== 1/5 synthetic LaSeRS-format data (2000 aerial scenes)"
-  python -m data.synthetic --out demo_out/synthetic_raw --n 2000
-  echo "== 2/5 TFDS (array_record) build"
-  python -m data.builders synthetic --manual_dir demo_out/synthetic_raw --data_dir demo_out/tfds
-  echo "== 3/5 train the tiny SegEarth-R2 on CPU (configs/tiny.py)"
-  python -m segearth_jax.train --config configs/tiny.py --workdir demo_out/tiny_run \
+  local times=() t
+  stage() {  # stage NAME COMMAND...: runs it and records its wall time
+    local name=$1 start=$SECONDS
+    shift
+    echo "== $name"
+    "$@"
+    times+=("$(printf '%-34s %5d s' "$name" $((SECONDS - start)))")
+  }
+  stage "1/5 synthetic data (2000 scenes)" \
+    python -m data.synthetic --out demo_out/synthetic_raw --n 2000
+  stage "2/5 TFDS (array_record) build" \
+    python -m data.builders synthetic --manual_dir demo_out/synthetic_raw \
+    --data_dir demo_out/tfds
+  stage "3/5 train (configs/tiny.py, CPU)" \
+    python -m segearth_jax.train --config configs/tiny.py --workdir demo_out/tiny_run \
     --config.data.data_dir=demo_out/tfds
-  echo "== 4/5 evaluate on the held-out test subsets"
-  python -m segearth_jax.evaluate --config configs/tiny.py --checkpoint demo_out/tiny_run/export \
-    --config.data.data_dir=demo_out/tfds --out demo_out/eval
-  echo "== 5/5 predict on one test image"
+  stage "4/5 evaluate (held-out test split)" \
+    python -m segearth_jax.evaluate --config configs/tiny.py \
+    --checkpoint demo_out/tiny_run/export --config.data.data_dir=demo_out/tfds --out demo_out/eval
   # The first record of the semantic test subset: its image and instruction.
   read -r image prompt < <(python - <<'PY'
 import json
@@ -42,9 +50,17 @@ r = json.load(open("demo_out/synthetic_raw/test/annotations/semantic.json"))[0]
 print("demo_out/synthetic_raw/test/images/" + r["image_name"], r["description"])
 PY
 )
-  python -m segearth_jax.predict --checkpoint demo_out/tiny_run/export --image "$image" \
+  stage "5/5 predict (one test image)" \
+    python -m segearth_jax.predict --checkpoint demo_out/tiny_run/export --image "$image" \
     --prompt "$prompt" --out demo_out/predict
-  echo "demo done: see demo_out/eval/ and demo_out/predict/"
+  echo
+  echo "demo done. Time per stage:"
+  for t in "${times[@]}"; do echo "  $t"; done
+  echo "Where to look:"
+  echo "  held-out scores per subset: demo_out/eval/eval_test_segearth_r2.json (table above)"
+  echo "  the prediction:             demo_out/predict/overlay.png (masks named), result.json"
+  echo "  training curves:            tensorboard --logdir demo_out/tiny_run/logs"
+  echo "  the web app on this model:  bash run.sh app"
 }
 
 tests() {
