@@ -60,6 +60,9 @@ def base() -> ml_collections.ConfigDict:
         # Gradient accumulation: each step's data.batch_size rows run as accum_steps
         # micro-batches (same update, 1/accum_steps of the activation memory).
         accum_steps=1,
+        # True: the optimizer works on one flat vector of all trainable leaves (fewer, larger
+        # kernels; for small models on a CPU; it does not keep fsdp sharding).
+        flatten=False,
     ))
     c.total_steps = 50_000
     c.log_every = 50
