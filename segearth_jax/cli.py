@@ -73,8 +73,14 @@ def check_dir(path: str | os.PathLike, flag: str, what: str) -> None:
 
 
 def _quiet_logs() -> None:
-    """Hides JAX's INFO line about absent TPU/GPU backends (absl programs log at INFO)."""
+    """Hides JAX's INFO line about absent TPU/GPU backends and orbax's INFO lines (dozens per
+    checkpoint; absl programs log at INFO), so that the metrics and progress lines stand out."""
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_not_orbax_info)
+
+
+def _not_orbax_info(record: logging.LogRecord) -> bool:
+    return record.levelno > logging.INFO or "orbax" not in record.pathname
 
 
 def entry_point(main: Callable[..., Any]) -> Callable[..., Any]:
