@@ -61,7 +61,7 @@ def base() -> ml_collections.ConfigDict:
         # micro-batches (same update, 1/accum_steps of the activation memory).
         accum_steps=1,
         # True: the optimizer works on one flat vector of all trainable leaves (fewer, larger
-        # kernels; for small models on a CPU; it does not keep fsdp sharding).
+        # kernels; for small models on a CPU; ignored when mesh.fsdp > 1).
         flatten=False,
     ))
     c.total_steps = 50_000

@@ -76,10 +76,10 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     chain.append(optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
                              weight_decay=o.weight_decay))
     tx = optax.chain(*chain)
-    if o.get("flatten", False):
+    if o.get("flatten", False) and config.mesh.fsdp == 1:
         # One vector for all trainable leaves: a few large kernels instead of several per leaf
         # (small models on a CPU: faster step and compile). It gathers the leaves into one
-        # array, so sharded (fsdp) parameters do not stay sharded: off for the real configs.
+        # array, so it is skipped on an fsdp mesh (sharded parameters stay sharded).
         tx = optax.flatten(tx)
     # Never give up skipping: the loop stops on the first non-finite step anyway.
     return optax.apply_if_finite(tx, max_consecutive_errors=2**30)

@@ -26,6 +26,7 @@ def _config(fsdp: int = 1):
     c.data.batch_size = 8
     c.mesh.fsdp = fsdp
     c.mesh.data = -1
+    c.optim.flatten = False  # the per-leaf AdamW moments checked below
     return c
 
 

@@ -154,6 +154,36 @@ def test_sample_points_shape_range_no_gradient():
     assert np.all(np.asarray(g) == 0)
 
 
+def test_unordered_selection_keeps_the_same_points():
+    """ordered=False (the training path): the same kept coords as top_k (ties: lower index),
+    in their drawn order; float32 ties, zeros and one-value rows included."""
+    rng = np.random.default_rng(4)
+    n_over, n_unc = 96, 24
+    x = rng.normal(size=(3, 5, n_over)).astype(np.float32)
+    x[0, 0, :40] = 0.25  # ties across the threshold
+    x[0, 1] = 0.0  # every value equal
+    x[1, 2, ::7] = -x[1, 2, ::7]  # equal |x| with opposite signs
+    over = rng.uniform(size=(3, 5, n_over, 2)).astype(np.float32)
+    rand = rng.uniform(size=(3, 5, 8, 2)).astype(np.float32)
+    args = jnp.asarray(x), jnp.asarray(over), jnp.asarray(rand), n_unc
+    ordered = np.asarray(losses.select_uncertain_points(*args))
+    unordered = np.asarray(jax.jit(functools.partial(
+        losses.select_uncertain_points, ordered=False), static_argnums=3)(*args))
+    np.testing.assert_array_equal(unordered[..., n_unc:, :], ordered[..., n_unc:, :])
+    for i in np.ndindex(3, 5):
+        kept = {tuple(c) for c in ordered[i][:n_unc]}
+        assert {tuple(c) for c in unordered[i][:n_unc]} == kept
+        index = [int(np.flatnonzero((over[i] == c).all(-1))[0]) for c in unordered[i][:n_unc]]
+        assert index == sorted(index)  # drawn order
+    coords = losses.sample_points(_key(3), jnp.asarray(x[..., :64].reshape(3, 5, 8, 8)), 20,
+                                  3.0, 0.75, ordered=False)
+    same = losses.sample_points(_key(3), jnp.asarray(x[..., :64].reshape(3, 5, 8, 8)), 20, 3.0,
+                                0.75)
+    assert coords.shape == same.shape == (3, 5, 20, 2)
+    np.testing.assert_array_equal(np.sort(np.asarray(coords[..., :15, 0]), -1),
+                                  np.sort(np.asarray(same[..., :15, 0]), -1))
+
+
 def test_point_losses_match_transformers():
     rng = np.random.default_rng(3)
     r, k = 5, 64
