@@ -33,7 +33,7 @@ demo() {
     times+=("$(printf '%-34s %5d s' "$name" $((SECONDS - start)))")
   }
   stage "1/5 synthetic data (2000 scenes)" \
-    python -m data.synthetic --out demo_out/synthetic_raw --n 2000
+    python -m data.synthetic --out demo_out/synthetic_raw --n 2000 --object-scale 2
   stage "2/5 TFDS (array_record) build" \
     python -m data.builders synthetic --manual_dir demo_out/synthetic_raw \
     --data_dir demo_out/tfds

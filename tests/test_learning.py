@@ -33,6 +33,7 @@ def test_tiny_config_beats_trivial_masks_on_held_out_images(tmp_path):
     config.eval.max_new_tokens = 32
     config.total_steps = STEPS
     config.checkpoint.every = STEPS
+    config.optim.lr, config.log_every = 1e-3, 25  # the measured recipe below (not the demo's)
     train_and_evaluate(config, tmp_path / "run")
 
     # Every loss term falls (means over the first and the last log windows of 25 steps).
