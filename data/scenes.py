@@ -5,7 +5,8 @@ markings, tree clumps (never targets), and objects of 7 categories drawn in flat
 (`COLORS[category]`) with parts: airplane, tennis court, building, storage tank, ship, vehicle,
 ground track field; plus the "stuff" categories water and road (`STUFF`). Objects drawn later
 occlude earlier ones; every shape is drawn into the image and the label maps with the same call,
-so the final label maps match the drawn pixels exactly.
+so the final label maps match the drawn pixels exactly. Vehicles only take colours that stand out
+from their scene's ground (`vehicle_colors`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ GROUNDS: dict[str, tuple[RGB, RGB]] = {  # Main colour, patch colour.
     "concrete": ((165, 165, 160), (140, 140, 135)),
 }
 TREE: RGB = (35, 75, 35)
+# A vehicle's colour differs from its scene's ground colours by at least this much in some
+# channel, so that the per-object jitter cannot hide it (silver on concrete: 10, invisible).
+MIN_CONTRAST = 3 * JITTER
+
+
+def vehicle_colors(ground: str) -> tuple[str, ...]:
+    """The vehicle colour names that stand out on `ground` (see MIN_CONTRAST)."""
+    return tuple(name for name in VEHICLE_COLORS
+                 if all(max(abs(a - b) for a, b in zip(COLORS["vehicle"][name], g, strict=True))
+                        >= MIN_CONTRAST for g in GROUNDS[ground]))
 
 
 @dataclass
@@ -337,16 +348,17 @@ def _background(rng: np.random.Generator, h: int, w: int, ground: str, water: st
 
 
 def _object_list(rng: np.random.Generator, counts: dict[str, tuple[int, int]],
-                 water: str | None, scale: float) -> list[tuple]:
+                 water: str | None, ground: str, scale: float) -> list[tuple]:
     """The scene's objects as (category, shapes, radius, colour name or None), largest first
     (small objects are drawn on top)."""
     todo = []
+    colors = vehicle_colors(ground)
     for cat, (lo, hi) in counts.items():
         if cat == "ship" and water is None:
             continue
         for _ in range(int(rng.integers(lo, hi + 1))):
             if cat == "vehicle":
-                color = VEHICLE_COLORS[int(rng.integers(len(VEHICLE_COLORS)))]
+                color = colors[int(rng.integers(len(colors)))]
                 todo.append((cat, *_vehicle(rng, scale, color), color))
             else:
                 todo.append((cat, *_SHAPES[cat](rng, scale), None))
@@ -465,7 +477,7 @@ def make_scene(rng: np.random.Generator, h: int, w: int, scale: float) -> Scene:
     placed: list[tuple[float, float, float]] = []
     objects: list[Obj] = []
     n_parts = 0
-    for cat, shapes, radius, color in _object_list(rng, counts, water, scale):
+    for cat, shapes, radius, color in _object_list(rng, counts, water, ground, scale):
         where = _place(rng, cat, shapes, radius, stuff, roads, placed)
         if where is None:
             continue  # No room for this object.

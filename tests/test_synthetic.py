@@ -304,3 +304,30 @@ def test_subsets_restrict_the_dimensions_they_name(tmp_path):
     with pytest.raises(ValueError, match="unknown subsets"):
         synthetic.generate(tmp_path / "bad", 2, subsets=("semantics",))
     assert not (tmp_path / "bad").exists()
+
+
+def _contrast_with_surroundings(scene: scenes.Scene, o: scenes.Obj) -> float:
+    """Largest per-channel difference between an object's mean colour and the mean colour of the
+    bare ground or road in a 3-pixel ring around it."""
+    mask = (scene.inst == o.inst_id).astype(np.uint8)
+    ring = cv2.dilate(mask, np.ones((7, 7), np.uint8)).astype(bool) & (scene.inst == 0) & (
+        (scene.stuff == 0) | (scene.stuff == scenes.ROAD))
+    if ring.sum() < 10:
+        return np.inf  # Enclosed by other objects: nothing to compare with.
+    inside = scene.image[mask.astype(bool)].mean(0)
+    return float(np.abs(inside - scene.image[ring].mean(0)).max())
+
+
+def test_vehicles_stand_out_from_the_ground():
+    """No invisible targets: every vehicle differs from the ground or road around it (the old
+    palette drew silver vehicles on concrete 0-10 levels from it, below the pixel noise)."""
+    rng = np.random.default_rng(5)
+    contrasts = []
+    while len(contrasts) < 150:
+        scene = scenes.make_scene(rng, 192, 256, 1.0)
+        if "airport" not in scene.setting:  # Concrete ground: the hard case.
+            continue
+        contrasts += [_contrast_with_surroundings(scene, o) for o in scene.objects
+                      if o.category == "vehicle" and o.visible >= 20]
+    assert min(contrasts) >= 15, sorted(contrasts)[:5]
+    assert scenes.vehicle_colors("concrete") == ("red", "white", "black", "blue", "yellow")
