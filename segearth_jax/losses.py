@@ -1,7 +1,8 @@
 """Training losses of SegEarth-R2 (docs/design.md section 3): pure, jit-friendly functions of
 arrays.
 
-`L = L_text + bce_weight * L_bce + dice_weight * L_dice + spatial_weight * L_spatial`.
+`L = text_weight * L_text + bce_weight * L_bce + dice_weight * L_dice
+     + spatial_weight * L_spatial` (text_weight 1 in the paper).
 
 * `text_loss`: shifted next-token cross-entropy, labels -100 ignored (PyTorch
   `CrossEntropyLoss(reduction="mean")` semantics).
@@ -32,6 +33,7 @@ SPATIAL_VARIANTS = ("paper", "official", "none")
 def default_loss_config() -> ml_collections.ConfigDict:
     """Loss hyper-parameters (paper / official code values)."""
     return ml_collections.ConfigDict(dict(
+        text_weight=1.0,  # The paper's L_text has weight 1.
         bce_weight=5.0,
         dice_weight=5.0,
         num_points=12544,  # 112 * 112, Mask2Former's TRAIN_NUM_POINTS.
@@ -303,8 +305,8 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
       micro-batches (None: this batch's own counts).
     num_heads: the LLM's attention heads; the official spatial variant sums over heads, so it
       needs them when `seg_attention` is the head mean (the model's config has them).
-    Returns (loss, metrics): loss = text + bce_weight * bce + dice_weight * dice +
-    spatial_weight * spatial; metrics hold every part unweighted, `loss`, `n_masks`, `n_tokens`.
+    Returns (loss, metrics): loss = text_weight * text + bce_weight * bce + dice_weight * dice
+    + spatial_weight * spatial; metrics hold every part unweighted, `loss`, `n_masks`, `n_tokens`.
     """
     variant = config.spatial_variant
     if variant not in SPATIAL_VARIANTS:
@@ -342,8 +344,8 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
             spatial = spatial_loss_official(attn, num_heads, target, valid, eps=eps,
                                             denominator=den.get("spatial"))
 
-    loss = (text + config.bce_weight * bce + config.dice_weight * dice
-            + config.spatial_weight * spatial)
+    loss = (getattr(config, "text_weight", 1.0) * text + config.bce_weight * bce
+            + config.dice_weight * dice + config.spatial_weight * spatial)
     metrics = dict(loss=loss, text_loss=text, bce_loss=bce, dice_loss=dice,
                    spatial_loss=spatial, n_masks=valid.sum(dtype=jnp.int32), n_tokens=n_tokens)
     return loss, metrics

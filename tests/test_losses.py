@@ -442,7 +442,7 @@ def _combined(outputs, batch, rng, weights, variant):
     """segearth_loss with a plain attribute config whose weights are traced (one compile per
     variant and shapes)."""
     cfg = types.SimpleNamespace(**dict(_config().to_dict(), spatial_variant=variant))
-    cfg.bce_weight, cfg.dice_weight, cfg.spatial_weight = weights
+    cfg.text_weight, cfg.bce_weight, cfg.dice_weight, cfg.spatial_weight = weights
     return losses.segearth_loss(outputs, batch, rng, cfg)
 
 
@@ -450,7 +450,7 @@ def test_segearth_loss_components_and_weights():
     outputs, batch = _combiner_inputs()
     outputs4 = dict(outputs, seg_attention=outputs["seg_attention"].mean(2))  # as sown ("mean")
     rng = _key(5)
-    default = jnp.array([5.0, 5.0, 0.01])
+    default = jnp.array([1.0, 5.0, 5.0, 0.01])
     loss, m = _combined(outputs4, batch, rng, default, "paper")
     valid = batch["seg_valid"]
     target = batch["masks_grid"].reshape(2, 3, 9)
@@ -467,10 +467,12 @@ def test_segearth_loss_components_and_weights():
     assert float(spatial) != 0.0 and float(bce) != 0.0 and float(dice) != 0.0
 
     # Changing spatial_weight changes the total by exactly the weighted difference.
-    loss2, _ = _combined(outputs4, batch, rng, jnp.array([5.0, 5.0, 0.5]), "paper")
+    loss2, _ = _combined(outputs4, batch, rng, jnp.array([1.0, 5.0, 5.0, 0.5]), "paper")
     _close(loss2 - loss, (0.5 - 0.01) * m["spatial_loss"], 1e-6)
-    loss3, _ = _combined(outputs4, batch, rng, jnp.array([2.0, 1.0, 0.01]), "paper")
+    loss3, _ = _combined(outputs4, batch, rng, jnp.array([1.0, 2.0, 1.0, 0.01]), "paper")
     _close(loss3 - loss, -3 * m["bce_loss"] - 4 * m["dice_loss"], 1e-6)
+    loss4, _ = _combined(outputs4, batch, rng, jnp.array([3.0, 5.0, 5.0, 0.01]), "paper")
+    _close(loss4 - loss, 2 * m["text_loss"], 1e-6)
 
     # Official variant: heads summed, layers summed; the all-heads probe [Lyr, B, H, Q, N]
     # gives the same value as the head mean with config.num_heads.
