@@ -27,6 +27,10 @@ def get_config(arg=None):
         # A 4x4 image grid: most targets cover < half a cell; '> 0' keeps them visible.
         spatial_gt="official"))
     c.loss.num_points = 2048
+    # The randomly initialized LM must learn to name the asked target ('<p>vehicles</p>'), and
+    # the masks follow the name it generates: text weight 5 (the paper's is 1) lifts the answers
+    # that name the GT targets from 42 % to 58 % and gIoU from 28 to 35 (experiments/RESULTS.md).
+    c.loss.text_weight = 5.0
     # flatten: AdamW on one vector (CPU step 268 -> 227 ms). lr 2e-3 and 2000 steps: the demo
     # reaches held-out gIoU 28 in ~10 min of training (experiments/RESULTS.md).
     c.optim.update(dict(lr=2e-3, warmup_frac=0.05, flatten=True))
