@@ -41,7 +41,13 @@ def base() -> ml_collections.ConfigDict:
                       # remat "layer": recompute each deformable encoder layer in the
                       # backward (at batch 4: 38.3 -> 18.0 GiB of temporaries, and faster
                       # than "none" or "sampling" on the CPU; experiments/RESULTS.md).
-                      pixel_decoder=dict(remat="layer")),
+                      pixel_decoder=dict(
+                          remat="layer",
+                          # False: detectron2's FPN (no conv bias, no lateral ReLU), as in
+                          # init.seg_head's Mask2Former checkpoint; True: the official
+                          # Mask2Former-Simplify FPN of convert.segearth_r2's output
+                          # (init.checkpoint from it needs True: docs/checkpoints.md).
+                          simplify_fpn=False)),
     ))
     # Converted weights (convert.mipha / convert.mask2former outputs), or one full SegEarth-R2
     # checkpoint (convert.segearth_r2 output or a previous export).
@@ -52,7 +58,10 @@ def base() -> ml_collections.ConfigDict:
     c.frozen_dtype = "bfloat16"
     c.data = settings.default_data_config()  # geometry, prompt format, loader (paper values)
     c.data.update(dict(name="lasers", data_dir="", manual_dir="", train_split="train",
-                       eval_split="test"))
+                       eval_split="test",
+                       # The official prompt, token for token (text.py; docs/conventions.md):
+                       # its template and the instruction's `[SEG]` of its `<refer>` splice.
+                       official_prompt=True, seg_in_prompt=True))
     c.loss = losses.default_loss_config()  # BCE 5 + Dice 5 on 12544 points, spatial 0.01
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, schedule="cosine", warmup_frac=0.03, weight_decay=0.0, b1=0.9, b2=0.999,

@@ -25,7 +25,9 @@ def get_config(arg=None):
         name="synthetic", siglip_size=56, image_size=128, patch_size=14,
         max_len=256, max_seg=4, max_prompt_len=192, batch_size=8, worker_count=0, prefetch=2,
         # A 4x4 image grid: most targets cover < half a cell; '> 0' keeps them visible.
-        spatial_gt="official"))
+        spatial_gt="official",
+        # The demo's own short template (text.py "default"), not the official prompt.
+        official_prompt=False, seg_in_prompt=False))
     c.loss.num_points = 2048
     # The randomly initialized LM must learn to name the asked target ('<p>vehicles</p>'), and
     # the masks follow the name it generates: text weight 5 (the paper's is 1) lifts the answers

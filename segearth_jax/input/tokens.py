@@ -1,7 +1,8 @@
 """Prompt and answer -> fixed-length token arrays (docs/design.md section 4).
 
-The prompt (system, user turn with `<image>`, "ASSISTANT:") and the reply (" <answer>" then
-`<|endoftext|>`) are tokenized separately (`text.conversation_parts`), so the labelled span is
+The prompt (system, user turn with `<image>`, "ASSISTANT:"; its pieces encoded one by one as
+the official code does, `text.prompt_pieces`) and the reply (" <answer>" then `<|endoftext|>`)
+are tokenized separately (`text.conversation_parts`), so the labelled span is
 exactly the answer's tokens and a training prompt is token for token the prompt used for
 generation. `<image>` becomes `n_image_tokens` copies of `image_token_id`.
 
@@ -54,10 +55,10 @@ def encode_train(tokenizer, instruction: str, answer: str, *, n_image_tokens: in
     Returns input_ids int32 [max_len], labels int32 [max_len], attention_mask bool [max_len],
     seg_positions int32 [max_seg] (-1 padding), n_seg int32 (answer `[SEG]`s), truncated bool.
     """
-    prompt, reply = text.conversation_parts(
-        instruction.strip(), answer.strip(), template=template, seg_in_prompt=seg_in_prompt,
-        official_prompt=official_prompt)
-    prompt_ids = text.tokenize_with_image(tokenizer, prompt, n_image_tokens, image_token_id)
+    kw = dict(template=template, seg_in_prompt=seg_in_prompt, official_prompt=official_prompt)
+    _, reply = text.conversation_parts(instruction.strip(), answer.strip(), **kw)
+    prompt_ids = text.tokenize_pieces(tokenizer, text.prompt_pieces(instruction.strip(), **kw),
+                                      n_image_tokens, image_token_id)
     end_id = tokenizer.convert_tokens_to_ids(text.END)
     answer_ids = np.asarray(_ids(tokenizer, reply.removesuffix(text.END)) + [end_id], np.int32)
     seg_idx = np.flatnonzero(answer_ids == seg_id)
@@ -93,10 +94,9 @@ def encode_prompt(tokenizer, instruction: str, *, n_image_tokens: int, image_tok
                   official_prompt: bool = False, record_id: str = "?") -> dict[str, np.ndarray]:
     """The generation prompt, LEFT-padded: input_ids int32 [max_prompt_len], attention_mask bool
     [max_prompt_len] (True on the prompt, which ends at the last position)."""
-    prompt, _ = text.conversation_parts(instruction.strip(), None, template=template,
-                                        seg_in_prompt=seg_in_prompt,
-                                        official_prompt=official_prompt)
-    ids = text.tokenize_with_image(tokenizer, prompt, n_image_tokens, image_token_id)
+    pieces = text.prompt_pieces(instruction.strip(), template=template,
+                                seg_in_prompt=seg_in_prompt, official_prompt=official_prompt)
+    ids = text.tokenize_pieces(tokenizer, pieces, n_image_tokens, image_token_id)
     if len(ids) > max_prompt_len:
         raise TooLong(f"record {record_id}: image + prompt take {len(ids)} tokens; "
                       f"max_prompt_len={max_prompt_len}")

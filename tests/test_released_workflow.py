@@ -1,0 +1,135 @@
+"""The released model's workflow: the official prompt token for token, and fine-tuning from a
+converted SegEarth-R2 checkpoint (at tiny size through the CLIs a user runs; at full size by
+shapes for every `config.init` route)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from segearth_jax import text
+from segearth_jax.input import tokens
+
+N_IMG = 16
+IMAGE_TOKEN_INDEX, REFER_TOKEN_INDEX = -200, -300  # the official `utils/constants.py` markers
+
+# ----------------------------------------------------------------------------- official prompt
+# Transcribed from earth-insights/SegEarth-R2 `segearth_r2/datasets/dataset.py` at 3bed2e8
+# (`LaSeRSDataset.__getitem__`, `RS_Base_Dataset.tokenizer_special_tokens` and
+# `preprocess_llama2`) and Mipha's `phi-2` conversation (`SeparatorStyle.TWO`: system, sep " ",
+# sep2 "<|endoftext|>", roles USER / ASSISTANT), independently of segearth_jax.text.
+OFFICIAL_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the user's "
+                   "questions.")
+OFFICIAL_PREFIX_INST = ("This is an image \n<image>\n, please doing Reasoning Segmentation "
+                        "according to the following instruction:")
+
+
+def _official_get_prompt(messages: list[tuple[str, str]]) -> str:
+    """`Conversation.get_prompt` for SeparatorStyle.TWO."""
+    seps = [" ", "<|endoftext|>"]
+    ret = OFFICIAL_SYSTEM + seps[0]
+    for i, (role, message) in enumerate(messages):
+        ret += role + ": " + message + seps[i % 2]
+    return ret
+
+
+def _official_tokenize(tok, prompt: str) -> list[int]:
+    """`tokenizer_special_tokens`: split on <image>/<refer>, each chunk encoded on its own."""
+    ids = []
+    for chunk in re.split("(<image>|<refer>)", prompt):
+        if chunk == "<image>":
+            ids.append(IMAGE_TOKEN_INDEX)
+        elif chunk == "<refer>":
+            ids.append(REFER_TOKEN_INDEX)
+        elif chunk != "":
+            ids.extend(tok.encode(chunk, add_special_tokens=False))
+    return ids
+
+
+def official_example(tok, description: str, answer: str) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) the model sees: the official ids with `<image>` expanded to N_IMG
+    image positions and `<refer>` to `token_refer_id` (the instruction encoded alone + the first
+    id of "[SEG]"); labels by `preprocess_llama2`'s non-v0 rule (first token and the round's
+    `parts[0]` minus 2 ignored), the expanded positions unlabelled."""
+    instruction = description.strip()
+    refer = (tok.encode(instruction, add_special_tokens=False)
+             + [tok.encode("[SEG]", add_special_tokens=False)[0]])
+    conversation = _official_get_prompt([("USER", OFFICIAL_PREFIX_INST + "\n<refer> <|assistant|>"),
+                                         ("ASSISTANT", "\n" + answer)])
+    ids = _official_tokenize(tok, conversation)
+    target = list(ids)
+    sep = " " + "ASSISTANT" + ": "
+    rounds = conversation.split("<|endoftext|>")
+    cur = 1
+    target[:cur] = [-100] * cur
+    for rou in rounds:
+        if rou == "":
+            continue
+        parts = rou.split(sep)
+        assert len(parts) == 2
+        parts[0] += sep
+        round_len = len(_official_tokenize(tok, rou))
+        instruction_len = len(_official_tokenize(tok, parts[0])) - 2
+        target[cur:cur + instruction_len] = [-100] * instruction_len
+        cur += round_len
+    target[cur:] = [-100] * (len(target) - cur)
+    # The official length check (cur == tokens that are not padding) holds: every token counted.
+    assert cur == len(ids) and ids[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
+    expanded_ids, expanded_labels = [], []
+    for i, t in zip(ids, target, strict=True):
+        span = {IMAGE_TOKEN_INDEX: [IMAGE_TOKEN_INDEX] * N_IMG, REFER_TOKEN_INDEX: refer}.get(i)
+        expanded_ids += span if span else [i]
+        expanded_labels += [-100] * len(span) if span else [t]
+    return expanded_ids, expanded_labels
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from convert.tiny_mipha import write_tokenizer
+
+    d = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(d, vocab_size=512)
+    return text.load_tokenizer(d)
+
+
+@pytest.mark.parametrize("description, answer", [
+    # LaSeRS / EarthReason style: a question and an explanation with [SEG]s.
+    ("What in this image could be used for landing aircraft? ",
+     "Sure, it is <p>airplane</p>[SEG] on the <p>runway</p>[SEG]."),
+    # Referring style (RRSIS-D, RefSegRS, RISBench): an expression.
+    ("the tennis court on the left", "Sure, it is <p>the tennis court on the left</p>[SEG]."),
+])
+def test_official_prompt_ids_and_labels_equal_the_official_code(tok, description, answer):
+    seg = tok.convert_tokens_to_ids("[SEG]")
+    want_ids, want_labels = official_example(tok, description, answer)
+    out = tokens.encode_train(tok, description, answer, n_image_tokens=N_IMG,
+                              image_token_id=IMAGE_TOKEN_INDEX, seg_id=seg, max_len=256,
+                              max_seg=4, official_prompt=True, seg_in_prompt=True)
+    n = int(out["attention_mask"].sum())
+    assert out["input_ids"][:n].tolist() == want_ids
+    assert out["labels"][:n].tolist() == want_labels
+    # The [SEG] of the <refer> splice is prompt, not a mask query; the answer's are.
+    queries = out["seg_positions"][:int(out["n_seg"])]
+    assert int(out["n_seg"]) == answer.count("[SEG]") == np.sum(np.asarray(want_ids) == seg) - 1
+    assert all(want_labels[q] == seg for q in queries)
+    # The generation prompt is the same prefix, left-padded.
+    p = tokens.encode_prompt(tok, description, n_image_tokens=N_IMG,
+                             image_token_id=IMAGE_TOKEN_INDEX, max_prompt_len=200,
+                             official_prompt=True, seg_in_prompt=True)
+    prompt = p["input_ids"][p["attention_mask"]].tolist()
+    first_label = next(i for i, t in enumerate(want_labels) if t != -100)
+    assert prompt == want_ids[:first_label]
+
+
+def test_official_prompt_is_the_segearth_r2_default_and_tiny_keeps_its_own():
+    from configs import segearth_r2, tiny
+    from segearth_jax.input.settings import Settings
+
+    for variant in segearth_r2.DATASETS:
+        s = Settings.from_config(segearth_r2.get_config(variant).data)
+        assert s.official_prompt and s.seg_in_prompt, variant
+    s = Settings.from_config(tiny.get_config().data)
+    assert not s.official_prompt and not s.seg_in_prompt
