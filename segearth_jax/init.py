@@ -4,8 +4,11 @@
    caller gives each leaf its dtype (trainable: param dtype, frozen: the compute dtype) and its
    sharding.
 2. The converted checkpoints of `config.init` (`checkpoint`: a whole SegEarth-R2, `mllm`: under
-   `mllm/`, `seg_head`: under `seg_head/`) are checked against that tree from their metadata
-   alone (one error lists every unexpected, missing and mis-shaped key), then restored by orbax
+   `mllm/`, `seg_head`: under `seg_head/`) are checked against the model: first the structure
+   their `model.json` records against `config.model` (`check_structure`: FPN style, lm_head
+   bias, vocabulary rows, every size; one error naming each `--config.model.*` flag to set),
+   then their tree against the model's from their metadata alone (one error lists every
+   unexpected, missing and mis-shaped key), then restored by orbax
    straight into their sharded targets, cast to the target dtype while reading: frozen weights
    never exist in float32, and no process holds a whole copy on the host.
 3. What no checkpoint provides (LoRA factors, the `[SEG]` projector; everything for a model
@@ -19,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +33,9 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from segearth_jax import checkpoint, cli
+from segearth_jax.models.mipha import MiphaConfig
+from segearth_jax.models.seg_head import SegHeadConfig
+from segearth_jax.models.segearth_r2 import SegEarthR2Config
 
 # (config.init key, parameter prefix, leaves under the prefix a checkpoint may lack).
 SOURCES = (
@@ -36,6 +43,91 @@ SOURCES = (
     ("mllm", "mllm", r".*/lora_[ab]"),  # convert.mipha output: no LoRA factors
     ("seg_head", "seg_head", r"$^"),  # convert.mask2former output: everything
 )
+
+
+# Model-config fields a training run chooses freely, whatever its checkpoint was made with:
+# precision, kernels, rematerialization, dropout, LoRA (fresh factors), the attention probe.
+# Every other field of `SegEarthR2Config` (sizes, vocabulary rows, lm_head bias, FPN style, norm
+# epsilons, ...) is the checkpoint's structure and must agree (`check_structure`).
+RUN_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat", "remat_policy", "lora",
+                        "resid_pdrop", "embd_pdrop", "seg_probe_heads"})
+
+
+def checkpoint_structure(spec: dict[str, Any], key: str) -> Any | None:
+    """The model config a `model.json` records for the `config.init.<key>` route: the whole
+    `SegEarthR2Config` (kind segearth_r2: convert.segearth_r2 or a training export), a
+    `MiphaConfig` (kind mipha, convert.mipha) or a `SegHeadConfig` (kind seg_head,
+    convert.mask2former); None for another kind (the key check alone applies)."""
+    kind = spec["kind"]
+    if key == "checkpoint" and kind == "segearth_r2":
+        return SegEarthR2Config.from_config(spec["model"])
+    if key == "mllm" and kind == "mipha":
+        return MiphaConfig.from_variant(spec["variant"], **spec["overrides"])
+    if key == "seg_head" and kind == "seg_head":
+        return SegHeadConfig.from_variant(spec["variant"])
+    return None
+
+
+def _fields(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Leaf fields of nested config dataclasses, `RUN_FIELDS` left out: path -> value."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in RUN_FIELDS:
+            continue
+        if dataclasses.is_dataclass(value):
+            out.update(_fields(value, (*path, f.name)))
+        else:
+            out[(*path, f.name)] = value
+    return out
+
+
+# Config parts whose keys `from_config` hands to a sub-config: `model.mllm.<k>` sets the LLM's
+# field k, `model.seg_head.<k>` the mask decoder's.
+_FLATTENED = (("mllm", "llm"), ("seg_head", "decoder"))
+
+
+def _config_key(model_config: Any, path: tuple[str, ...]) -> str | None:
+    """The `config.model` key that sets the field at `path` (e.g. ("mllm", "llm", "vocab_size")
+    -> "model.mllm.vocab_size"); None when no key of the config sets it."""
+    candidates = [path] + [path[:1] + path[2:] for part in _FLATTENED if path[:2] == part]
+    for cand in candidates:
+        node = model_config
+        for part in cand:
+            if not (hasattr(node, "keys") and part in node.keys()):
+                break
+            node = node[part]
+        else:
+            return "model." + ".".join(cand)
+    return None
+
+
+def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) -> None:
+    """Raises one `cli.BadValue` listing every structural field (all but `RUN_FIELDS`) where the
+    checkpoint's `model.json` (`spec`) and `config.model` build different models for the
+    `config.init.<key>` route, each with the flag that makes the config follow the checkpoint.
+    Checked, not taken over: the config stays the one description of the model trained."""
+    found = checkpoint_structure(spec, key)
+    if found is None:
+        return
+    prefix = () if key == "checkpoint" else (key,)
+    model = SegEarthR2Config.from_config(config.model)
+    want = model if key == "checkpoint" else getattr(model, key)
+    have, built = _fields(found, prefix), _fields(want, prefix)
+    errors = []
+    for path in sorted(have.keys() & built.keys()):
+        if have[path] == built[path]:
+            continue
+        name = _config_key(config.model, path)
+        fix = (f"set --config.{name}={have[path]!r}" if name else
+               f"no config key sets it: choose the model.{path[0]}.variant that has it")
+        errors.append(f"{'.'.join(path)}: the checkpoint has {have[path]!r}, the config "
+                      f"builds {built[path]!r}: {fix}")
+    if errors:
+        raise cli.BadValue(f"{source} (config.init.{key}) holds another model than config.model "
+                           f"builds ({len(errors)} fields of its model.json; make the config "
+                           f"follow the checkpoint, or convert one for the config):\n  "
+                           + "\n  ".join(errors))
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -101,6 +193,8 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
         directory = config.init.get(key)
         if not directory:
             continue
+        if (Path(directory) / "model.json").exists():
+            check_structure(checkpoint.read_model_spec(directory), config, key, str(directory))
         found = checkpoint_shapes(directory)
         check_checkpoint(found, flat_target, prefix, missing_ok, str(directory))
         loaded = restore_into(directory, sorted(found), flat_target, prefix)

@@ -133,3 +133,82 @@ def test_official_prompt_is_the_segearth_r2_default_and_tiny_keeps_its_own():
         assert s.official_prompt and s.seg_in_prompt, variant
     s = Settings.from_config(tiny.get_config().data)
     assert not s.official_prompt and not s.seg_in_prompt
+
+
+# ----------------------------------------------------------------------------- full size, shapes
+
+
+def _flat(tree) -> dict:
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _mipha_spec(lm_head_bias: bool) -> dict:
+    """model.json of `convert.mipha --variant mipha3b` (written by convert/mipha.py: `convert`)."""
+    return {"kind": "mipha", "variant": "mipha3b", "overrides": {"lm_head_bias": lm_head_bias}}
+
+
+def test_finetune_full_size_structure_is_checked_naming_the_flag():
+    """model.json against configs/segearth_r2.py:lasers for each init route: one error naming
+    the flag where the structures differ, none where they agree."""
+    from configs import segearth_r2
+    from convert import segearth_r2 as conv
+    from segearth_jax import init
+
+    config = segearth_r2.get_config("lasers")
+    # model.json as `convert.segearth_r2.convert` writes it.
+    r2 = {"kind": "segearth_r2", "variant": "segearth_r2",
+          "model": conv.model_spec("segearth_r2", "bfloat16")}
+    with pytest.raises(ValueError) as e:  # the released model's FPN is Mask2Former-Simplify
+        init.check_structure(r2, config, "checkpoint", "ckpt/r2")
+    assert "ckpt/r2 (config.init.checkpoint)" in str(e.value) and "(1 fields" in str(e.value)
+    assert "set --config.model.seg_head.pixel_decoder.simplify_fpn=True" in str(e.value)
+    init.check_structure(r2, config, "mllm", "ckpt/r2")  # another kind: the key check decides
+    init.check_structure(_mipha_spec(False), config, "mllm", "ckpt/mipha3b")
+    with pytest.raises(ValueError, match=r"set --config\.model\.mllm\.lm_head_bias=True"):
+        init.check_structure(_mipha_spec(True), config, "mllm", "ckpt/mipha3b")
+    m2f = {"kind": "seg_head", "variant": "swin-b", "dtype": "float32"}
+    init.check_structure(m2f, config, "seg_head", "ckpt/m2f")
+
+    config.model.seg_head.pixel_decoder.simplify_fpn = True  # the flag the error named
+    init.check_structure(r2, config, "checkpoint", "ckpt/r2")
+    with pytest.raises(ValueError, match=r"simplify_fpn=False"):
+        init.check_structure(m2f, config, "seg_head", "ckpt/m2f")
+    config.model.mllm.vocab_size = 50304  # a size: named with the key that sets it
+    with pytest.raises(ValueError) as e:
+        init.check_structure(r2, config, "checkpoint", "ckpt/r2")
+    assert "mllm.llm.vocab_size: the checkpoint has 51200, the config builds 50304" in str(e.value)
+    assert "set --config.model.mllm.vocab_size=51200" in str(e.value)
+
+
+def test_finetune_full_size_converter_tree_fits_lasers_for_every_init_route():
+    """The converter's full-size tree (`expected_params`, shapes only) against the training
+    model of configs/segearth_r2.py:lasers (`Trainer.abstract_init`: LoRA, trainable/frozen
+    split), through `init.check_checkpoint` for the checkpoint, mllm and seg_head routes."""
+    from configs import segearth_r2
+    from convert import segearth_r2 as conv
+    from segearth_jax import init, optim
+    from segearth_jax.train import Trainer
+
+    expected = _flat(conv.expected_params(conv.model_config("segearth_r2", "bfloat16")))
+    config = segearth_r2.get_config("lasers")
+    config.model.seg_head.pixel_decoder.simplify_fpn = True
+    state, frozen = Trainer(config).abstract_init()
+    target = _flat(optim.merge_params(state.params, frozen))
+    assert any("lora_a" in k for k in target) and "seg_head/pixel_decoder/adapter_1/conv/bias" \
+        in target
+    for key, prefix, missing_ok in init.SOURCES:
+        found = {k.removeprefix(f"{prefix}/"): v for k, v in expected.items()
+                 if not prefix or k.startswith(f"{prefix}/")}
+        assert found, key
+        init.check_checkpoint(found, target, prefix, missing_ok, f"config.init.{key}")
+    # Without the flag the trees differ exactly by the two FPN conv biases.
+    config.model.seg_head.pixel_decoder.simplify_fpn = False
+    state, frozen = Trainer(config).abstract_init()
+    target = _flat(optim.merge_params(state.params, frozen))
+    with pytest.raises(ValueError) as e:
+        init.check_checkpoint(expected, target, "", r".*/lora_[ab]", "ckpt/r2")
+    assert "(2 problems)" in str(e.value)
+    assert "unexpected seg_head/pixel_decoder/adapter_1/conv/bias" in str(e.value)
+    assert "unexpected seg_head/pixel_decoder/layer_1/conv/bias" in str(e.value)
