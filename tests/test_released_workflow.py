@@ -5,13 +5,18 @@ shapes for every `config.init` route)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from segearth_jax import text
 from segearth_jax.input import tokens
+from tests import test_convert_segearth_r2
 
+ROOT = Path(__file__).resolve().parents[1]
+# The official-layout tiny state dict of the converter's test, reused as a fixture.
+official, hf_model = test_convert_segearth_r2.official, test_convert_segearth_r2.hf_model
 N_IMG = 16
 IMAGE_TOKEN_INDEX, REFER_TOKEN_INDEX = -200, -300  # the official `utils/constants.py` markers
 
@@ -212,3 +217,99 @@ def test_finetune_full_size_converter_tree_fits_lasers_for_every_init_route():
     assert "(2 problems)" in str(e.value)
     assert "unexpected seg_head/pixel_decoder/adapter_1/conv/bias" in str(e.value)
     assert "unexpected seg_head/pixel_decoder/layer_1/conv/bias" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- tiny, CLIs
+
+
+def _run(env: dict, module: str, *args: str, check: bool = True):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    if check:
+        assert p.returncode == 0, (module, p.stdout[-3000:], p.stderr[-6000:])
+    return p
+
+
+def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
+    """The released-model workflow at tiny size, each step the command a user runs: an
+    official-layout merged directory -> convert.segearth_r2 -> train 2 steps from it
+    (config.init.checkpoint; first without the structure flags: exit 2 naming them) -> the
+    run's export -> evaluate --mode teacher_forced -> predict. Trained with lr 0, the export is
+    the converted checkpoint, leaf for leaf: the training run restored the converter's output."""
+    import json
+    import os
+
+    import cv2
+    import jax
+
+    from configs import tiny
+    from data import builders, synthetic
+    from segearth_jax import checkpoint
+    from segearth_jax.input.sources import open_source
+
+    synthetic.generate(tmp_path / "raw", n=20, seed=0)
+    builders.build("synthetic", manual_dir=tmp_path / "raw", data_dir=tmp_path / "tfds")
+    config = tiny.get_config()
+    config.data.data_dir = str(tmp_path / "tfds")
+    corpus = [text.SYSTEM, text.OFFICIAL_PREFIX, text.OFFICIAL_USER_END]
+    for split in ("train", "test"):
+        source = open_source(config.data, split)
+        corpus += [str(source[i][k]) for i in range(len(source))
+                   for k in ("instruction", "answer")]
+    # The merged directory: the official tiny state dict (tests/test_convert_segearth_r2.py)
+    # and its tokenizer (490 tokens + [SEG]: fewer than the 500 embedding rows).
+    merged = test_convert_segearth_r2._write(official[0], tmp_path / "merged")
+    text.train_tokenizer(merged, corpus, vocab_size=490)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+
+    ckpt = tmp_path / "r2"
+    _run(env, "convert.segearth_r2", "--src", str(merged), "--out", str(ckpt), "--variant",
+         "tiny", "--dtype", "float32")
+    assert json.loads((ckpt / "model.json").read_text())["kind"] == "segearth_r2"
+
+    # configs/tiny.py with the segearth_r2 configs' official prompt (long in this small
+    # tokenizer's tokens: longer sequences).
+    data = [f"--config.data.data_dir={tmp_path}/tfds", "--config.data.official_prompt=True",
+            "--config.data.seg_in_prompt=True", "--config.data.max_len=448",
+            "--config.data.max_prompt_len=384"]
+    flags = ["--config", "configs/tiny.py", f"--config.init.checkpoint={ckpt}",
+             f"--config.tokenizer={ckpt / 'tokenizer'}", *data, "--config.data.batch_size=2",
+             "--config.total_steps=2", "--config.log_every=1"]
+    p = _run(env, "segearth_jax.train", "--workdir", str(tmp_path / "bad"), *flags, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    for flag in ("--config.model.seg_head.pixel_decoder.simplify_fpn=True",
+                 "--config.model.mllm.vocab_size=512"):
+        assert flag in p.stderr, p.stderr[-3000:]
+
+    run = tmp_path / "run"
+    _run(env, "segearth_jax.train", "--workdir", str(run), *flags,
+         "--config.model.seg_head.pixel_decoder.simplify_fpn=True",
+         "--config.model.mllm.vocab_size=512", "--config.optim.lr=0.0")
+    export = run / "export"
+    spec = json.loads((export / "model.json").read_text())
+    assert spec["model"]["seg_head"]["pixel_decoder"]["simplify_fpn"] is True
+    assert spec["input"]["official_prompt"] and spec["input"]["seg_in_prompt"]
+    a = checkpoint.restore_params(ckpt)
+    b = checkpoint.restore_params(export)
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b),
+                            strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                      err_msg=jax.tree_util.keystr(path))
+
+    out = tmp_path / "eval"
+    p = _run(env, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
+             str(export), "--out", str(out), "--mode", "teacher_forced", *data)
+    report = json.loads((out / "eval_test_segearth_r2.json").read_text())
+    assert report["mode"] == "teacher_forced" and report["average"]["n_samples"] > 0
+    assert report["average"]["n_failed"] == 0
+
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (60, 90, 3), np.uint8))
+    p = _run(env, "segearth_jax.predict", "--checkpoint", str(export), "--image", str(image),
+             "--prompt", "Segment the storage tanks.", "--out", str(tmp_path / "pred"),
+             "--max-new-tokens", "8")
+    assert "answer:" in p.stdout
+    assert json.loads((tmp_path / "pred" / "result.json").read_text())["image_size"] == [60, 90]
