@@ -30,9 +30,11 @@ buffers, the predictor tables above. Everything else must match a rule, and ever
 our tree must be filled (strict both ways, full diff in one `ConversionError`).
 
 Output: orbax params, `model.json` with `{"kind": "segearth_r2", "model": {"mllm": ...,
-"seg_head": ...}}` (`SegEarthR2Config.from_config(spec["model"])` rebuilds the model), and the
-tokenizer files under `tokenizer/`. The official merge writes fp16 tensors: `--dtype float32`
-stores them exactly, `bfloat16` rounds them. `--dry-run` checks names and shapes only.
+"seg_head": ...}, "input": ...}` (`SegEarthR2Config.from_config(spec["model"])` rebuilds the
+model; "input", the inputs it was trained on: the official prompt token for token and the
+model's SigLIP geometry, `input_spec`), and the tokenizer files under `tokenizer/`. The
+official merge writes fp16 tensors: `--dtype float32` stores them exactly, `bfloat16` rounds
+them. `--dry-run` checks names and shapes only.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from convert.common import (
     write_converted,
 )
 from segearth_jax import cli
+from segearth_jax.input.settings import Settings
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
 
 # Our variant -> (Mipha variant, segmentation-head variant).
@@ -103,6 +106,16 @@ def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True
         "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype,
                      "pixel_decoder": {"simplify_fpn": simplify_fpn}},
     }
+
+
+def input_spec(cfg: SegEarthR2Config) -> dict[str, Any]:
+    """The "input" of model.json (`Settings`): the official training prompt (official_prompt,
+    seg_in_prompt: segearth_r2/datasets/dataset.py, docs/conventions.md), the SigLIP size, patch
+    and image-token id of `cfg`; the rest the paper's values (`Settings` defaults)."""
+    vision = cfg.mllm.vision
+    return Settings(siglip_size=vision.image_size, patch_size=vision.patch_size,
+                    image_token_id=cfg.mllm.llm.image_token_id, official_prompt=True,
+                    seg_in_prompt=True).to_spec()
 
 
 def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
@@ -235,6 +248,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
         return Path(out)
     out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
                                         "model": model_spec(variant, dtype, simplify_fpn),
+                                        "input": input_spec(cfg),
                                         "source": str(src.absolute())})
     mipha.copy_tokenizer(src, out)
     return out

@@ -268,7 +268,10 @@ def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
     ckpt = tmp_path / "r2"
     _run(env, "convert.segearth_r2", "--src", str(merged), "--out", str(ckpt), "--variant",
          "tiny", "--dtype", "float32")
-    assert json.loads((ckpt / "model.json").read_text())["kind"] == "segearth_r2"
+    spec = json.loads((ckpt / "model.json").read_text())
+    # The released model's inputs travel with it: predict/the app prompt it the official way.
+    assert spec["kind"] == "segearth_r2" and spec["input"]["official_prompt"]
+    assert spec["input"]["seg_in_prompt"] and spec["input"]["siglip_size"] == 56
 
     # configs/tiny.py with the segearth_r2 configs' official prompt (long in this small
     # tokenizer's tokens: longer sequences).
