@@ -1,0 +1,141 @@
+"""A scene's outputs, in formats GIS tools load directly: cloud-optimized GeoTIFFs (internal
+tiles, overviews, nodata), polygons as GeoPackage (one layer per target) and GeoJSON, an overview
+PNG with the targets named."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segearth_jax import visualize
+
+NODATA = 255  # mask.tif: 0 background, 1..254 targets, 255 nodata; probabilities: 0..254, 255
+BLOCK = 256  # internal tile size of the written rasters
+OVERVIEW_SIZE = 2048  # overview.png's longest side (at most)
+FIELDS = ["name", "target", "area", "mean_probability"]
+
+
+def strip_profile(src: Any, count: int = 1) -> dict[str, Any]:
+    """A tiled uint8 GeoTIFF on the source's grid (written strip by strip, then made a COG)."""
+    return dict(driver="GTiff", height=src.height, width=src.width, count=count, dtype="uint8",
+                crs=src.crs, transform=src.transform, nodata=NODATA, compress="deflate",
+                tiled=True, blockxsize=BLOCK, blockysize=BLOCK)
+
+
+def to_cog(tmp: Path, path: Path, resampling: str) -> None:
+    """The tiled GeoTIFF `tmp` -> the cloud-optimized GeoTIFF `path` (GDAL's COG driver: tiles,
+    overviews down to one tile, nodata kept); `tmp` is removed."""
+    import rasterio.shutil
+
+    rasterio.shutil.copy(tmp, path, driver="COG", compress="DEFLATE", blocksize=BLOCK,
+                         overview_resampling=resampling)
+    tmp.unlink()
+
+
+def merge_bands(parts: list[Path], path: Path, src: Any, names: list[str], rows: int) -> None:
+    """Single-band uint8 rasters -> one multi-band COG at `path` (band i named names[i]),
+    copied `rows` rows at a time; the parts are removed."""
+    import rasterio
+    from rasterio.windows import Window
+
+    tmp = path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", **strip_profile(src, len(parts))) as dst:
+        for i, (part, name) in enumerate(zip(parts, names, strict=True), start=1):
+            dst.set_band_description(i, name)
+            with rasterio.open(part) as ds:
+                for top in range(0, src.height, rows):
+                    w = Window(0, top, src.width, min(rows, src.height - top))
+                    dst.write(ds.read(1, window=w), i, window=w)
+            part.unlink()
+    to_cog(tmp, path, "average")
+
+
+def polygons(mask: Path, probs: list[Path], names: list[str]) -> list[dict[str, Any]]:
+    """Each connected region of each target of the label raster `mask` (4-connected, in the
+    raster's CRS): geometry, target (0-based), name, area (CRS units^2), mean probability
+    (its pixels' mean in the target's probability raster, 0..1). Reads the label band whole
+    (1 byte per pixel) and each polygon's box of its probability raster."""
+    import rasterio
+    import rasterio.features
+    import shapely.geometry
+    from rasterio.windows import Window, from_bounds
+
+    features = []
+    handles = [rasterio.open(p) for p in probs]
+    try:
+        with rasterio.open(mask) as ds:
+            labels = ds.read(1)
+            valid = (labels > 0) & (labels != NODATA)
+            for geom, value in rasterio.features.shapes(labels, mask=valid,
+                                                        transform=ds.transform):
+                t = int(value) - 1
+                shape = shapely.geometry.shape(geom)
+                box = from_bounds(*shape.bounds, transform=ds.transform).round_offsets()
+                box = Window(box.col_off, box.row_off, max(1, round(box.width)),
+                             max(1, round(box.height)))
+                inside = rasterio.features.geometry_mask(
+                    [geom], out_shape=(int(box.height), int(box.width)),
+                    transform=ds.window_transform(box), invert=True)
+                p = handles[t].read(1, window=box, boundless=True, fill_value=0)
+                features.append(dict(geometry=shape, target=t, name=names[t], area=shape.area,
+                                     mean_probability=float(p[inside].mean() / 254)
+                                     if inside.any() else 0.0))
+    finally:
+        for h in handles:
+            h.close()
+    return features
+
+
+def layer_name(name: str, used: set[str]) -> str:
+    """A GeoPackage layer name for a target name (letters, digits, _; unique)."""
+    base = re.sub(r"\W+", "_", name).strip("_") or "target"
+    out, k = base, 2
+    while out in used:
+        out, k = f"{base}_{k}", k + 1
+    used.add(out)
+    return out
+
+
+def write_vectors(features: list[dict[str, Any]], names: list[str], crs: Any, out: Path) -> None:
+    """targets.geojson (all polygons) and targets.gpkg (one layer per target; a lone empty
+    layer `targets` when there is none), in the source CRS."""
+    import shapely
+    import shapely.geometry
+    from pyogrio import raw
+
+    (out / "targets.geojson").write_text(json.dumps({
+        "type": "FeatureCollection", "crs_wkt": crs.to_wkt() if crs else None,
+        "features": [{"type": "Feature", "geometry": shapely.geometry.mapping(f["geometry"]),
+                      "properties": {k: f[k] for k in FIELDS}} for f in features]}) + "\n")
+    gpkg = out / "targets.gpkg"
+    gpkg.unlink(missing_ok=True)
+    used: set[str] = set()
+    groups = [(layer_name(n, used), [f for f in features if f["target"] == t])
+              for t, n in enumerate(names)] or [("targets", [])]
+    for layer, rows in groups:
+        geometry = np.array([shapely.to_wkb(f["geometry"]) for f in rows], dtype=object)
+        data = [np.array([f["name"] for f in rows], dtype=object),
+                np.array([f["target"] for f in rows], np.int32),
+                np.array([f["area"] for f in rows], np.float64),
+                np.array([f["mean_probability"] for f in rows], np.float64)]
+        raw.write(gpkg, geometry, data, fields=FIELDS, layer=layer, driver="GPKG",
+                  crs=crs.to_wkt() if crs else None, geometry_type="Polygon")
+
+
+def write_overview(scene: Any, mask: Path, path: Path, names: list[str]) -> None:
+    """The scene at <= OVERVIEW_SIZE px (decimated reads, the scene's stretch) with the targets
+    drawn and named (the legend)."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    image, _ = scene.decimated(OVERVIEW_SIZE)
+    h, w = image.shape[:2]
+    with rasterio.open(mask) as ds:
+        labels = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
+    masks = np.stack([labels == t + 1 for t in range(len(names))]) if names else \
+        np.zeros((0, h, w), bool)
+    visualize.write_png(path, visualize.overlay(image, masks, names))
