@@ -13,6 +13,7 @@ A stand-in predictor without the model's towers (tests) gets `StackRunner`, whic
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,34 +61,10 @@ class TowerRunner:
     decoder). Batches are filled up to `batch_size` rows (one compiled shape)."""
 
     def __init__(self, predictor: Any, batch_size: int):
-        import jax
-
-        from segearth_jax.models.mask_decoder import MaskedTransformerDecoder
-        from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
-        from segearth_jax.models.swin import SwinTransformer
-
         self.predictor, self.batch_size = predictor, batch_size
-        m, head = predictor.model, predictor.config.seg_head
-        swin = SwinTransformer(head.swin)
-        pixel_decoder = MSDeformAttnPixelDecoder(head.pixel_decoder)
-        decoder = MaskedTransformerDecoder(head.decoder)
-
-        def look(p, siglip_pixels, pixels):
-            """-> SigLIP tokens [B, N, E], mask features [B, S/4, S/4, C], maps (coarsest first)."""
-            feats = m.apply({"params": p}, siglip_pixels, method=m.encode_images)
-            res = swin.apply({"params": p["seg_head"]["backbone"]}, pixels)
-            mask_features, maps = pixel_decoder.apply(
-                {"params": p["seg_head"]["pixel_decoder"]}, [res[f"res{i}"] for i in range(2, 6)])
-            return feats, mask_features, maps
-
-        def segment(p, mask_features, maps, seg_hidden, seg_valid):
-            """seg_hidden [B, Q, E] -> the final mask logits [B, Q, S/4, S/4]."""
-            queries = m.apply({"params": p}, seg_hidden, method=lambda mod, h: mod.seg_projector(
-                h.astype(head.decoder.dtype)))
-            return decoder.apply({"params": p["seg_head"]["predictor"]}, queries, maps,
-                                 mask_features, seg_valid)[-1]
-
-        self._look, self._segment = jax.jit(look), jax.jit(segment)
+        if predictor not in _COMPILED:  # one compilation per predictor, whatever the runs
+            _COMPILED[predictor] = _split(predictor)
+        self._look, self._segment = _COMPILED[predictor]
 
     def look(self, crops: list[np.ndarray]) -> dict[str, Any]:
         from segearth_jax.input import preprocess
@@ -137,3 +114,38 @@ class TowerRunner:
             answers.append((p.tokenizer.decode(toks[toks != p.eos_id]), logits[i, :found[i]],
                             seen["canvas"][i]))
         return answers
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _split(predictor: Any) -> tuple[Any, Any]:
+    """The jitted halves of a SegEarthPredictor's model: look(params, siglip_pixels, pixels)
+    and segment(params, mask_features, maps, seg_hidden, seg_valid)."""
+    import jax
+
+    from segearth_jax.models.mask_decoder import MaskedTransformerDecoder
+    from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
+    from segearth_jax.models.swin import SwinTransformer
+
+    m, head = predictor.model, predictor.config.seg_head
+    swin = SwinTransformer(head.swin)
+    pixel_decoder = MSDeformAttnPixelDecoder(head.pixel_decoder)
+    decoder = MaskedTransformerDecoder(head.decoder)
+
+    def look(p, siglip_pixels, pixels):
+        """-> SigLIP tokens [B, N, E], mask features [B, S/4, S/4, C], maps (coarsest first)."""
+        feats = m.apply({"params": p}, siglip_pixels, method=m.encode_images)
+        res = swin.apply({"params": p["seg_head"]["backbone"]}, pixels)
+        mask_features, maps = pixel_decoder.apply(
+            {"params": p["seg_head"]["pixel_decoder"]}, [res[f"res{i}"] for i in range(2, 6)])
+        return feats, mask_features, maps
+
+    def segment(p, mask_features, maps, seg_hidden, seg_valid):
+        """seg_hidden [B, Q, E] -> the final mask logits [B, Q, S/4, S/4]."""
+        queries = m.apply({"params": p}, seg_hidden, method=lambda mod, h: mod.seg_projector(
+            h.astype(head.decoder.dtype)))
+        return decoder.apply({"params": p["seg_head"]["predictor"]}, queries, maps,
+                             mask_features, seg_valid)[-1]
+
+    return jax.jit(look), jax.jit(segment)
