@@ -77,7 +77,8 @@ def predict_scenes(predictor: Any, spec: str, prompts: list[str], out: Path, *,
                    run_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs this shard's scenes of `spec`, all `prompts` each. A scene whose every scene.json
     exists is skipped (a rerun resumes); a scene that fails is reported (`failures.jsonl` in
-    `out`) and the next one runs. -> counts done / skipped / failed, and the scenes' folders."""
+    `out`) and the next one runs (a single raster's failure is raised). -> counts done /
+    skipped / failed, and the scenes' folders."""
     from tqdm import tqdm
 
     files, folders = list_scenes(spec)
@@ -111,6 +112,8 @@ def predict_scenes(predictor: Any, spec: str, prompts: list[str], out: Path, *,
                            f"nodata, skipped), targets {s['targets'] or 'none'}, "
                            f"{s['polygons']} polygon(s)")
         except Exception as e:  # noqa: BLE001  (one bad scene never stops the others)
+            if not folders:
+                raise  # the one scene asked for: its own message (or traceback)
             counts["failed"] += 1
             message = str(e) if isinstance(e, SceneError) else f"{type(e).__name__}: {e}"
             tqdm.write(f"failed {f}: {message}")
