@@ -416,3 +416,36 @@ def test_scene_cli_many_scenes_shard_resume_and_a_bad_one(scenes, tiny_export, t
     p = _predict("--scene", str(d / "*.tif"), "--shard", "2/2", "--out", str(out), *common,
                  check=False)
     assert p.returncode == 2 and "error: --shard 2/2" in p.stderr
+
+
+def test_scene_reading_defaults_and_user_errors(scenes, tmp_path):
+    """Bands default to the colour interpretation (else the first three); bad --bands,
+    --stretch, --gsd / --scale are one-line SceneErrors naming the flag."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    from segearth_jax.scene import SceneError, open_scene
+
+    scene = open_scene(str(scenes["base"]))
+    assert scene.bands == [1, 2, 3] and scene.bands_from.startswith("first three")
+    assert scene.stretch_percentiles == (2.0, 98.0) and scene.scale == 1.0 and scene.gsd == 1.0
+    scene.close()
+    tagged = tmp_path / "tagged.tif"
+    bands, _ = _scene_bands()
+    _write(tagged, bands, 1.0)
+    with rasterio.open(tagged, "r+") as ds:
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red,
+                          ColorInterp.undefined]
+    scene = open_scene(str(tagged), stretch="none", scale=0.25)
+    assert scene.bands == [3, 2, 1] and scene.bands_from == "colour interpretation"
+    assert scene.stretch is None and scene.scale == 0.25
+    rgb, valid = scene.read_window(0, 0, 64, 96)
+    assert rgb.shape == (16, 24, 3) and valid.shape == (64, 96)
+    scene.close()
+    for kwargs, needle in ((dict(bands="5,3,2"), "--bands 5,3,2: "),
+                           (dict(bands="a,b"), "--bands a,b: "),
+                           (dict(stretch="98,2"), "--stretch 98,2: "),
+                           (dict(gsd=-1.0), "--gsd -1.0: "),
+                           (dict(scale=1000.0), "outside [0.01, 100]")):
+        with pytest.raises(SceneError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+            open_scene(str(scenes["base"]), **kwargs)
