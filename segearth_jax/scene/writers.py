@@ -56,37 +56,36 @@ def merge_bands(parts: list[Path], path: Path, src: Any, names: list[str], rows:
 
 def polygons(mask: Path, probs: list[Path], names: list[str]) -> list[dict[str, Any]]:
     """Each connected region of each target of the label raster `mask` (4-connected, in the
-    raster's CRS): geometry, target (0-based), name, area (CRS units^2), mean probability
-    (its pixels' mean in the target's probability raster, 0..1). Reads the label band whole
-    (1 byte per pixel) and each polygon's box of its probability raster."""
+    raster's CRS): geometry, target (0-based), name, area (CRS units^2), mean probability (its
+    pixels' mean in the target's probability raster, 0..1). Per target, the regions are
+    numbered (`cv2.connectedComponents`), their means are one `bincount`, and each numbered
+    region is traced once: memory ~6 bytes per scene pixel (labels, one probability band, the
+    int32 region numbers), time linear in the pixels."""
+    import cv2
     import rasterio
     import rasterio.features
     import shapely.geometry
-    from rasterio.windows import Window, from_bounds
 
     features = []
-    handles = [rasterio.open(p) for p in probs]
-    try:
-        with rasterio.open(mask) as ds:
-            labels = ds.read(1)
-            valid = (labels > 0) & (labels != NODATA)
-            for geom, value in rasterio.features.shapes(labels, mask=valid,
-                                                        transform=ds.transform):
-                t = int(value) - 1
-                shape = shapely.geometry.shape(geom)
-                box = from_bounds(*shape.bounds, transform=ds.transform).round_offsets()
-                box = Window(box.col_off, box.row_off, max(1, round(box.width)),
-                             max(1, round(box.height)))
-                inside = rasterio.features.geometry_mask(
-                    [geom], out_shape=(int(box.height), int(box.width)),
-                    transform=ds.window_transform(box), invert=True)
-                p = handles[t].read(1, window=box, boundless=True, fill_value=0)
-                features.append(dict(geometry=shape, target=t, name=names[t], area=shape.area,
-                                     mean_probability=float(p[inside].mean() / 254)
-                                     if inside.any() else 0.0))
-    finally:
-        for h in handles:
-            h.close()
+    with rasterio.open(mask) as ds:
+        labels = ds.read(1)
+        transform = ds.transform
+    for t, name in enumerate(names):
+        n, regions = cv2.connectedComponents((labels == t + 1).view(np.uint8), connectivity=4,
+                                             ltype=cv2.CV_32S)
+        if n < 2:
+            continue
+        with rasterio.open(probs[t]) as ds:
+            prob = ds.read(1)
+        means = (np.bincount(regions.ravel(), weights=prob.ravel(), minlength=n)
+                 / np.maximum(np.bincount(regions.ravel(), minlength=n), 1) / 254)
+        del prob
+        for geom, value in rasterio.features.shapes(regions, mask=regions > 0,
+                                                    transform=transform, connectivity=4):
+            shape = shapely.geometry.shape(geom)
+            features.append(dict(geometry=shape, target=t, name=name, area=shape.area,
+                                 mean_probability=float(means[int(value)])))
+        del regions
     return features
 
 
