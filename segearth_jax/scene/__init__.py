@@ -24,8 +24,9 @@ the window's answer). Blended logits > 0 win, the highest where names overlap.
 Many questions (`towers`): per batch of windows the vision towers (SigLIP; Swin + pixel
 decoder) run once; each question runs only the language model and the mask decoder.
 
-Memory is bounded by one strip of windows (the float accumulators span one window's rows);
-vectorizing reads the label band whole (1 byte per pixel).
+Memory is bounded by one strip of windows while the windows run (the float accumulators span one
+window's rows; GDAL's block cache comes on top); the polygons are traced per target on the label
+band afterwards (~6 bytes per scene pixel: labels, one probability band, int32 region numbers).
 
 Outputs, per question: `mask.tif` (COG, uint8: 0 background, t = legend entry, 255 nodata),
 `probabilities.tif` (`--probabilities`: COG, one band per target, sigmoid * 254, 255 nodata),
