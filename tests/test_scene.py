@@ -449,3 +449,32 @@ def test_scene_reading_defaults_and_user_errors(scenes, tmp_path):
                            (dict(scale=1000.0), "outside [0.01, 100]")):
         with pytest.raises(SceneError, match=needle.replace("[", r"\[").replace(".", r"\.")):
             open_scene(str(scenes["base"]), **kwargs)
+
+
+def test_scene_float_reflectance_with_nan_nodata_reads_like_the_uint16(scenes, tokenizer_dir,
+                                                                      tmp_path):
+    """The same scene as float32 reflectance (value / 10000, NaN nodata): the percentile
+    stretch maps it to the same 8-bit view, so the labels equal the uint16 run's (>= 99.9%;
+    rounding at a level's edge may differ) and the nodata pixels are the same."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from segearth_jax.scene import predict_scene
+
+    bands, valid = _scene_bands()
+    refl = np.where(valid, bands / 10000.0, np.nan).astype(np.float32)
+    with rasterio.open(tmp_path / "refl.tif", "w", driver="GTiff", height=refl.shape[1],
+                       width=refl.shape[2], count=4, dtype="float32", crs=CRS, nodata=np.nan,
+                       transform=from_origin(500000.0, 4000000.0, 1.0, 1.0)) as ds:
+        ds.write(refl)
+    a = predict_scene(ColourPredictor(tokenizer_dir), scenes["base"], "?", tmp_path / "u16",
+                      bands="3,2,1", batch_size=4)
+    b = predict_scene(ColourPredictor(tokenizer_dir), tmp_path / "refl.tif", "?",
+                      tmp_path / "f32", bands="3,2,1", batch_size=4)
+    np.testing.assert_allclose(np.asarray(b["stretch"]["values"]) * 10000,
+                               a["stretch"]["values"], rtol=1e-5)
+    with rasterio.open(tmp_path / "u16" / "mask.tif") as x, \
+            rasterio.open(tmp_path / "f32" / "mask.tif") as y:
+        u16, f32 = x.read(1), y.read(1)
+    np.testing.assert_array_equal(u16 == 255, f32 == 255)
+    assert np.all(f32[~valid] == 255) and np.mean(u16 == f32) >= 0.999
