@@ -478,3 +478,23 @@ def test_scene_float_reflectance_with_nan_nodata_reads_like_the_uint16(scenes, t
         u16, f32 = x.read(1), y.read(1)
     np.testing.assert_array_equal(u16 == 255, f32 == 255)
     assert np.all(f32[~valid] == 255) and np.mean(u16 == f32) >= 0.999
+
+
+def test_scene_flags_in_predict_help():
+    """`predict --help` lists the scene options and one --attention/--no-attention pair with
+    its default; `predict` and `scene` do not import each other in a circle."""
+    p = subprocess.run([sys.executable, "-c", "import sys, segearth_jax.scene; "
+                        "print('segearth_jax.predict' in sys.modules)"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                       text=True, timeout=300)
+    assert p.stdout.strip() == "False", p.stderr[-2000:]
+    p = subprocess.run([sys.executable, "-m", "segearth_jax.predict", "--help"], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                       text=True, timeout=300)
+    text = " ".join(p.stdout.split())
+    assert p.returncode == 0 and text.count("--no-attention") == 1
+    assert "--attention, --no-attention" in text and "default: on for --image, off for --inputs" \
+        in text
+    for flag in ("--bands", "--stretch", "--gsd", "--scale", "--prompts", "--probabilities",
+                 "--shard", "--overlap"):
+        assert flag in text
