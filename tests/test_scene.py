@@ -492,7 +492,7 @@ def test_scene_flags_in_predict_help():
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                        text=True, timeout=300)
     text = " ".join(p.stdout.split())
-    assert p.returncode == 0 and text.count("--no-attention") == 1
+    assert p.returncode == 0 and text.count("--no-attention") == 2  # usage + options
     assert "--attention, --no-attention" in text and "default: on for --image, off for --inputs" \
         in text
     for flag in ("--bands", "--stretch", "--gsd", "--scale", "--prompts", "--probabilities",
