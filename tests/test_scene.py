@@ -498,3 +498,26 @@ def test_scene_flags_in_predict_help():
     for flag in ("--bands", "--stretch", "--gsd", "--scale", "--prompts", "--probabilities",
                  "--shard", "--overlap"):
         assert flag in text
+
+
+def test_scene_without_targets_writes_empty_but_valid_outputs(scenes, tokenizer_dir, tmp_path):
+    """An answer without `[SEG]` everywhere: all background (nodata kept), a GeoJSON with no
+    feature and a GeoPackage with one empty `targets` layer in the CRS."""
+    import pyogrio
+    import rasterio
+
+    from segearth_jax.scene import predict_scene
+
+    class Nothing(ColourPredictor):
+        def predict(self, batch):
+            return [dict(answer="No such thing here.", mask_logits=np.zeros((0, 32, 32),
+                                                                             np.float32))
+                    for _ in range(len(batch["pixels"]))]
+
+    s = predict_scene(Nothing(tokenizer_dir), scenes["base"], "?", tmp_path, bands="3,2,1")
+    assert s["targets"] == [] and s["legend"] == {} and s["polygons"] == 0
+    with rasterio.open(tmp_path / "mask.tif") as ds:
+        assert set(np.unique(ds.read(1))) == {0, 255}
+    assert json.loads((tmp_path / "targets.geojson").read_text())["features"] == []
+    info = pyogrio.read_info(tmp_path / "targets.gpkg", layer="targets")
+    assert info["features"] == 0 and info["crs"] == CRS

@@ -106,8 +106,7 @@ class Stitcher:
         for p in self.probs:
             p.close()
         writers.to_cog(self.out / "mask.tmp.tif", self.out / "mask.tif", "nearest")
-        features = writers.polygons(self.out / "mask.tif", parts, names)
-        writers.write_vectors(features, names, self.scene.src.crs, self.out)
+        polygons = writers.write_vectors(self.out / "mask.tif", parts, names, self.out)
         writers.write_overview(self.scene, self.out / "mask.tif", self.out / "overview.png",
                                names)
         if probabilities and parts:
@@ -116,7 +115,7 @@ class Stitcher:
         for part in parts:
             part.unlink(missing_ok=True)
         return dict(targets=names, legend={str(t + 1): n for t, n in enumerate(names)},
-                    polygons=len(features))
+                    polygons=polygons)
 
 
 def run_scene(predictor: Any, scene: SceneRaster, prompts: list[str], outs: list[Path], *,

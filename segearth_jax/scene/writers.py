@@ -54,39 +54,33 @@ def merge_bands(parts: list[Path], path: Path, src: Any, names: list[str], rows:
     to_cog(tmp, path, "average")
 
 
-def polygons(mask: Path, probs: list[Path], names: list[str]) -> list[dict[str, Any]]:
-    """Each connected region of each target of the label raster `mask` (4-connected, in the
-    raster's CRS): geometry, target (0-based), name, area (CRS units^2), mean probability (its
-    pixels' mean in the target's probability raster, 0..1). Per target, the regions are
-    numbered (`cv2.connectedComponents`), their means are one `bincount`, and each numbered
-    region is traced once: memory ~6 bytes per scene pixel (labels, one probability band, the
-    int32 region numbers), time linear in the pixels."""
+def target_polygons(labels: np.ndarray, prob: Any, t: int, name: str, transform: Any
+                    ) -> list[dict[str, Any]]:
+    """The connected regions of target t in the label band (4-connected, in the raster's CRS):
+    geometry, target (0-based), name, area (CRS units^2), mean probability (its pixels' mean in
+    the target's probability raster `prob`, an open dataset; 0..1). The regions are numbered
+    (`cv2.connectedComponents`), their means are one `bincount`, and each is traced once:
+    ~6 bytes per scene pixel (labels, the probability band, int32 region numbers), time linear
+    in the pixels."""
     import cv2
-    import rasterio
     import rasterio.features
     import shapely.geometry
 
-    features = []
-    with rasterio.open(mask) as ds:
-        labels = ds.read(1)
-        transform = ds.transform
-    for t, name in enumerate(names):
-        n, regions = cv2.connectedComponents((labels == t + 1).view(np.uint8), connectivity=4,
-                                             ltype=cv2.CV_32S)
-        if n < 2:
-            continue
-        with rasterio.open(probs[t]) as ds:
-            prob = ds.read(1)
-        means = (np.bincount(regions.ravel(), weights=prob.ravel(), minlength=n)
-                 / np.maximum(np.bincount(regions.ravel(), minlength=n), 1) / 254)
-        del prob
-        for geom, value in rasterio.features.shapes(regions, mask=regions > 0,
-                                                    transform=transform, connectivity=4):
-            shape = shapely.geometry.shape(geom)
-            features.append(dict(geometry=shape, target=t, name=name, area=shape.area,
-                                 mean_probability=float(means[int(value)])))
-        del regions
-    return features
+    n, regions = cv2.connectedComponents((labels == t + 1).view(np.uint8), connectivity=4,
+                                         ltype=cv2.CV_32S)
+    if n < 2:
+        return []
+    p = prob.read(1)
+    means = (np.bincount(regions.ravel(), weights=p.ravel(), minlength=n)
+             / np.maximum(np.bincount(regions.ravel(), minlength=n), 1) / 254)
+    del p
+    out = []
+    for geom, value in rasterio.features.shapes(regions, mask=regions > 0, transform=transform,
+                                                connectivity=4):
+        shape = shapely.geometry.shape(geom)
+        out.append(dict(geometry=shape, target=t, name=name, area=shape.area,
+                        mean_probability=float(means[int(value)])))
+    return out
 
 
 def layer_name(name: str, used: set[str]) -> str:
@@ -99,30 +93,45 @@ def layer_name(name: str, used: set[str]) -> str:
     return out
 
 
-def write_vectors(features: list[dict[str, Any]], names: list[str], crs: Any, out: Path) -> None:
+def write_vectors(mask: Path, probs: list[Path], names: list[str], out: Path) -> int:
     """targets.geojson (all polygons) and targets.gpkg (one layer per target; a lone empty
-    layer `targets` when there is none), in the source CRS."""
+    layer `targets` when there is none), in the CRS of `mask`, one target at a time (memory:
+    one target's polygons). -> the polygon count."""
+    import rasterio
     import shapely
     import shapely.geometry
     from pyogrio import raw
 
-    (out / "targets.geojson").write_text(json.dumps({
-        "type": "FeatureCollection", "crs_wkt": crs.to_wkt() if crs else None,
-        "features": [{"type": "Feature", "geometry": shapely.geometry.mapping(f["geometry"]),
-                      "properties": {k: f[k] for k in FIELDS}} for f in features]}) + "\n")
+    with rasterio.open(mask) as ds:
+        labels, transform, crs = ds.read(1), ds.transform, ds.crs
     gpkg = out / "targets.gpkg"
     gpkg.unlink(missing_ok=True)
     used: set[str] = set()
-    groups = [(layer_name(n, used), [f for f in features if f["target"] == t])
-              for t, n in enumerate(names)] or [("targets", [])]
-    for layer, rows in groups:
-        geometry = np.array([shapely.to_wkb(f["geometry"]) for f in rows], dtype=object)
-        data = [np.array([f["name"] for f in rows], dtype=object),
-                np.array([f["target"] for f in rows], np.int32),
-                np.array([f["area"] for f in rows], np.float64),
-                np.array([f["mean_probability"] for f in rows], np.float64)]
-        raw.write(gpkg, geometry, data, fields=FIELDS, layer=layer, driver="GPKG",
-                  crs=crs.to_wkt() if crs else None, geometry_type="Polygon")
+    count = 0
+    with open(out / "targets.geojson", "w") as geojson:
+        head = json.dumps({"type": "FeatureCollection", "crs_wkt": crs.to_wkt() if crs else None})
+        geojson.write(head[:-1] + ', "features": [\n')
+        for t, name in enumerate(names or [None]):
+            if name is None:
+                rows, layer = [], "targets"
+            else:
+                with rasterio.open(probs[t]) as prob:
+                    rows = target_polygons(labels, prob, t, name, transform)
+                layer = layer_name(name, used)
+            for f in rows:
+                geojson.write((",\n" if count else "") + json.dumps({
+                    "type": "Feature", "geometry": shapely.geometry.mapping(f["geometry"]),
+                    "properties": {k: f[k] for k in FIELDS}}))
+                count += 1
+            geometry = np.array([shapely.to_wkb(f["geometry"]) for f in rows], dtype=object)
+            data = [np.array([f["name"] for f in rows], dtype=object),
+                    np.array([f["target"] for f in rows], np.int32),
+                    np.array([f["area"] for f in rows], np.float64),
+                    np.array([f["mean_probability"] for f in rows], np.float64)]
+            raw.write(gpkg, geometry, data, fields=FIELDS, layer=layer, driver="GPKG",
+                      crs=crs.to_wkt() if crs else None, geometry_type="Polygon")
+        geojson.write("\n]}\n")
+    return count
 
 
 def write_overview(scene: Any, mask: Path, path: Path, names: list[str]) -> None:
