@@ -17,6 +17,7 @@ NODATA = 255  # mask.tif: 0 background, 1..254 targets, 255 nodata; probabilitie
 BLOCK = 256  # internal tile size of the written rasters
 OVERVIEW_SIZE = 2048  # overview.png's longest side (at most)
 FIELDS = ["name", "target", "area", "mean_probability"]
+BINCOUNT_ROWS = 256  # rows per block of the per-region sums
 
 
 def strip_profile(src: Any, count: int = 1) -> dict[str, Any]:
@@ -71,8 +72,12 @@ def target_polygons(labels: np.ndarray, prob: Any, t: int, name: str, transform:
     if n < 2:
         return []
     p = prob.read(1)
-    means = (np.bincount(regions.ravel(), weights=p.ravel(), minlength=n)
-             / np.maximum(np.bincount(regions.ravel(), minlength=n), 1) / 254)
+    sums, counts = np.zeros(n), np.zeros(n)
+    for top in range(0, len(p), BINCOUNT_ROWS):  # blocks: bincount copies to int64 / float64
+        r = regions[top:top + BINCOUNT_ROWS].ravel()
+        sums += np.bincount(r, weights=p[top:top + BINCOUNT_ROWS].ravel(), minlength=n)
+        counts += np.bincount(r, minlength=n)
+    means = sums / np.maximum(counts, 1) / 254
     del p
     out = []
     for geom, value in rasterio.features.shapes(regions, mask=regions > 0, transform=transform,
