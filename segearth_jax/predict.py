@@ -1,8 +1,9 @@
 """Prediction on one image: `python -m segearth_jax.predict --checkpoint DIR --image IMG
 --prompt "..." [--out DIR]`; on many: `--inputs FOLDER|"GLOB"|FILE.jsonl [--prompt "..."]
-[--batch-size 8]` (one result folder per input, `results.jsonl` with RLE masks, resumable); on a
-whole scene: `--scene RASTER --prompt "..."` (`segearth_jax.scene`: sliding windows, a
-georeferenced label mask, GeoJSON polygons).
+[--batch-size 8]` (one result folder per input, `results.jsonl` with RLE masks, resumable); on
+whole scenes: `--scene RASTER|"GLOB"|LIST --prompt "..."|--prompts FILE` (`segearth_jax.scene`:
+any dtype and band count, nodata, `--gsd`; sliding windows; COG label masks, GeoPackage
+polygons; `--shard I/N`).
 
 Prints the answer and writes, in `--out`: `mask_<i>.png` (one per `[SEG]`, 0/255, original
 size), `overlay.png` (masks in distinct colours with their `<p>` names), `attention_<i>.png`
@@ -22,36 +23,13 @@ import numpy as np
 
 from segearth_jax import cli, visualize
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
+from segearth_jax.model_inputs import prepare, stack  # noqa: F401  (re-exported)
+from segearth_jax.scene.many import LIST_SUFFIXES, list_scenes, parse_shard
+from segearth_jax.scene.raster import SceneError
 
 # Largest image one prediction takes (its masks come back at full size, float32 logits first);
 # larger rasters go through `--scene`.
 MAX_IMAGE_PIXELS = 1 << 26  # 67 megapixels, e.g. 8192 x 8192
-
-
-def prepare(image: np.ndarray, instruction: str, predictor: SegEarthPredictor
-            ) -> dict[str, np.ndarray]:
-    """One RGB uint8 image + instruction -> an eval-mode batch of one."""
-    from segearth_jax.input import preprocess, tokens
-
-    g = predictor.geometry
-    swin, canvas_hw = preprocess.swin_view(image, g.image_size)
-    enc = tokens.encode_prompt(
-        predictor.tokenizer, instruction, n_image_tokens=g.n_image_tokens,
-        image_token_id=g.image_token_id, max_prompt_len=g.max_prompt_len, **g.template_kwargs)
-    return {"siglip_pixels": preprocess.siglip_view(image, g.siglip_size)[None],
-            "pixels": swin[None], "input_ids": enc["input_ids"][None],
-            "attention_mask": enc["attention_mask"][None],
-            "canvas_hw": np.asarray([canvas_hw], np.int32),
-            "image_hw": np.asarray([image.shape[:2]], np.int32)}
-
-
-def stack(predictor: SegEarthPredictor, images: list[np.ndarray], instructions: list[str],
-          batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Eval-mode batch of the images (+ instructions), filled up to `batch_size` rows by
-    repeating the last one (every call one compiled shape)."""
-    rows = [prepare(im, ins, predictor) for im, ins in zip(images, instructions, strict=True)]
-    rows += rows[-1:] * max(0, (batch_size or len(rows)) - len(rows))
-    return {k: np.concatenate([b[k] for b in rows]) for k in rows[0]}
 
 
 def predict_batch(predictor: SegEarthPredictor, images: list[np.ndarray],
@@ -241,21 +219,45 @@ def main(argv: list[str] | None = None) -> None:
                       f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)")
     what.add_argument("--inputs", help="many: a folder of images, a glob (quoted), or a .jsonl of "
                       '{"image": path, "prompt": text} lines')
-    what.add_argument("--scene", help="one large raster (GeoTIFF, PNG, JPEG) in sliding windows: "
-                      "OUT/mask.tif (georeferenced labels), targets.geojson, overview.png")
+    what.add_argument("--scene", help="whole scenes in sliding windows: one raster (GeoTIFF of "
+                      "any dtype and band count, PNG, JPEG; outputs in OUT), a glob (quoted) or a "
+                      f"list file ({', '.join(LIST_SUFFIXES)}: one path a line; outputs in "
+                      "OUT/<scene>/): mask.tif (COG labels), targets.gpkg/.geojson, overview.png, "
+                      "scene.json")
     parser.add_argument("--prompt", help="the instruction (for --inputs: used where a JSONL line "
                         "has none)")
+    parser.add_argument("--prompts", help="--scene: a file of instructions, one a line, each "
+                        "answered over every window (the vision towers run once per window); "
+                        "outputs in q1/, q2/, ... of each scene's folder")
     parser.add_argument("--out", default="predict_out", help="output directory")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="images (or scene windows) per call")
-    parser.add_argument("--overlap", type=float, default=0.25,
-                        help="--scene: windows overlap by this fraction of their size")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy (default); the official code samples at 0.2")
-    parser.add_argument("--no-attention", action="store_true", help="skip the heatmaps")
-    parser.add_argument("--attention", action="store_true",
-                        help="with --inputs: also write the heatmaps (one more pass per image)")
+    parser.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                        help="write the [SEG] attention heatmaps (one more pass per image; "
+                        "default: on for --image, off for --inputs; --scene writes none)")
+    scene = parser.add_argument_group("--scene options")
+    scene.add_argument("--overlap", type=float, default=0.25,
+                       help="windows overlap by this fraction of their size")
+    scene.add_argument("--bands", help="1-based bands read as R,G,B (e.g. 4,3,2; one band: "
+                       "gray); default: by the raster's colour interpretation, else the first "
+                       "three (scene.json says which)")
+    scene.add_argument("--stretch", default="auto", help="LOW,HIGH percentiles of each band "
+                       "mapped to 0 and 255 (e.g. 2,98; computed once per scene), 'none' (values "
+                       "clipped to 0..255), or 'auto': none for 8-bit rasters, else 2,98")
+    res = scene.add_mutually_exclusive_group()
+    res.add_argument("--gsd", type=float, help="the ground resolution (CRS units, metres) the "
+                     "model sees: windows are resampled on read; outputs stay on the source "
+                     "grid (default: the raster's own pixels)")
+    res.add_argument("--scale", type=float, help="model pixels per source pixel (e.g. 0.5: "
+                     "windows twice the model's size, halved), for rasters without a projected "
+                     "CRS")
+    scene.add_argument("--probabilities", action="store_true", help="also write "
+                       "probabilities.tif (COG, one band per target, 0..254, 255 nodata)")
+    scene.add_argument("--shard", help="I/N: take every N-th scene from the I-th (0-based), "
+                       "e.g. a SLURM array task's index")
     args = parser.parse_args(argv)
 
 
@@ -264,25 +266,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--batch-size must be >= 1")
     cli.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
                   "convert.segearth_r2 --out or a training export)")
+    if args.prompts and not args.scene:
+        parser.error("--prompts goes with --scene (for many images use --inputs FILE.jsonl)")
     if args.scene:
-        from segearth_jax.scene import predict_scene
-
-        if not args.prompt:
-            parser.error("--prompt is required")
-        if not Path(args.scene).is_file():
-            raise cli.MissingFile(f"--scene {args.scene}: no such file")
-        predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature)
-        s = predict_scene(predictor, args.scene, args.prompt, out, overlap=args.overlap,
-                          batch_size=args.batch_size)  # a SceneError is a UserError
-        print(f"{s['windows']} windows, targets {s['targets'] or 'none'}, {s['polygons']} "
-              f"polygon(s): {out}/mask.tif, targets.geojson, overview.png, scene.json")
-        return
+        return _scenes(args, parser, out)
     if args.inputs:
         inputs = list_inputs(args.inputs, args.prompt)
         predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                       temperature=args.temperature)
-        c = predict_many(predictor, inputs, out, args.batch_size, args.attention)
+        c = predict_many(predictor, inputs, out, args.batch_size, bool(args.attention))
         print(f"{c['done']} predicted, {c['skipped']} already there, {c['failed']} unreadable "
               f"(listed in {out}/failures.jsonl); results in {out}/<name>/ and "
               f"{out}/results.jsonl")
@@ -292,12 +284,47 @@ def main(argv: list[str] | None = None) -> None:
     image = read_image(args.image, "predict")  # a BadInput is a UserError
     predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature)
-    res = predict(predictor, image, args.prompt, out, attention=not args.no_attention)
+    attention = args.attention is not False
+    res = predict(predictor, image, args.prompt, out, attention=attention)
     print(f"answer: {res['answer']}")
     n = len(res["masks"])
     print(f"{n} mask(s) ({', '.join(res['targets']) or 'none'}) written to {out}/: "
-          f"mask_*.png, overlay.png{', attention_*.png' if n and not args.no_attention else ''}"
+          f"mask_*.png, overlay.png{', attention_*.png' if n and attention else ''}"
           f", result.json")
+
+
+def _scenes(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path) -> None:
+    """--scene: one or many rasters, one or many questions (`segearth_jax.scene`)."""
+    from segearth_jax.scene import predict_scenes
+
+    if bool(args.prompt) == bool(args.prompts):
+        parser.error("--scene takes --prompt or --prompts (one of them)")
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise cli.MissingFile(f"--prompts {args.prompts}: no such file; --prompts takes a "
+                                  "text file of instructions, one a line")
+        prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
+        if not prompts:
+            raise cli.BadValue(f"--prompts {args.prompts}: no instruction in it")
+    else:
+        prompts = [args.prompt]
+    list_scenes(args.scene)  # a bad --scene or --shard fails before the model loads
+    parse_shard(args.shard)
+    predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature)
+    c = predict_scenes(predictor, args.scene, prompts, out, single_prompt=not args.prompts,
+                       shard_spec=args.shard,
+                       open_kwargs=dict(bands=args.bands, stretch=args.stretch, gsd=args.gsd,
+                                        scale=args.scale),
+                       run_kwargs=dict(overlap=args.overlap, batch_size=args.batch_size,
+                                       probabilities=args.probabilities))
+    print(f"{c['scenes']} scene(s) in this shard: {c['done']} done, {c['skipped']} already "
+          f"there, {c['failed']} failed; outputs in {', '.join(c['folders'][:3])}"
+          f"{' ...' if len(c['folders']) > 3 else ''} (mask.tif, targets.gpkg, targets.geojson, "
+          "overview.png, scene.json)")
+    if c["failed"]:
+        raise SceneError(f"{c['failed']} of {c['scenes']} scene(s) failed: see "
+                         f"{out}/failures.jsonl")
 
 
 if __name__ == "__main__":
