@@ -120,6 +120,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "swin-b",
                              unused=unused(), dtype=np.dtype(dtype),
                              progress=Progress(src.stat().st_size))
     return write_converted(out, params, {"kind": "seg_head", "variant": variant, "dtype": dtype,
+                                         "model": cfg.to_config("float32", "float32"),
                                          "source": str(src.absolute())})
 
 

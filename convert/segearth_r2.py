@@ -59,8 +59,10 @@ from convert.common import (
     conv2d,
     convert_tensors,
     converter_parser,
+    count_layers,
     describe_gaps,
     hf_checkpoint_files,
+    hf_checkpoint_shapes,
     linear_rules,
     norm_rules,
     read_hf_checkpoint,
@@ -68,6 +70,10 @@ from convert.common import (
     write_converted,
 )
 from segearth_jax import cli
+from segearth_jax.input.settings import Settings
+from segearth_jax.models.lora import LoRAConfig
+from segearth_jax.models.mipha import MiphaConfig
+from segearth_jax.models.seg_head import SegHeadConfig
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
 
 # Our variant -> (Mipha variant, segmentation-head variant).
@@ -83,26 +89,43 @@ _FPN = PIXEL_DECODER + r"(?P<m>(?:adapter|layer)_\d+)"
 _FPN_BIAS = _FPN + r"\.0\.bias"
 
 
-def model_config(variant: str, dtype: str = "float32", simplify_fpn: bool = True
-                 ) -> SegEarthR2Config:
-    return SegEarthR2Config.from_config(model_spec(variant, dtype, simplify_fpn))
-
-
-def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True
-               ) -> dict[str, Any]:
-    """The `model` part of model.json: the official inference model (LoRA merged, no lm_head
-    bias, Mask2Former-Simplify FPN unless `simplify_fpn` is False), computing and storing
-    parameters in `dtype`."""
+def model_config(variant: str, dtype: str = "float32", simplify_fpn: bool = True,
+                 sizes: dict[str, dict[str, Any]] | None = None) -> SegEarthR2Config:
+    """The official inference model (LoRA merged, no lm_head bias, Mask2Former-Simplify FPN
+    unless `simplify_fpn` is False), computing and storing parameters in `dtype`: the preset
+    `variant`, each part's fields updated by `sizes` (part -> fields; `infer_sizes`)."""
     llm_variant, head_variant = VARIANTS[variant]
-    return {
-        "mllm": {"variant": llm_variant, "dtype": dtype, "param_dtype": dtype,
-                 "lm_head_bias": False, "attention_impl": "auto", "remat_policy": "none",
-                 "seg_probe_heads": "mean",
-                 "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0,
-                          "targets": ".*/(q_proj|v_proj)"}},
-        "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype,
-                     "pixel_decoder": {"simplify_fpn": simplify_fpn}},
-    }
+    sizes = sizes or {}
+    jdtype = jnp.dtype(dtype)
+    vision = sizes.get("vision")
+    if vision is not None:
+        vision = mipha.with_image_size(vision, MiphaConfig.from_variant(llm_variant))
+    mllm = MiphaConfig.from_variant(
+        llm_variant, dtype=jdtype, param_dtype=jdtype, vision=vision,
+        llm={**sizes.get("llm", {}), "lm_head_bias": False,
+             "lora": LoRAConfig(rank=0, alpha=16.0, dropout=0.0)})
+    head = SegHeadConfig.from_variant(
+        head_variant, dtype=jdtype, param_dtype=jdtype, swin=sizes.get("swin"),
+        pixel_decoder={**sizes.get("pixel_decoder", {}), "simplify_fpn": simplify_fpn},
+        decoder=sizes.get("decoder"))
+    return SegEarthR2Config(mllm, head)
+
+
+def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True,
+               sizes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The `model` part of model.json: `model_config(...).to_config()`."""
+    return model_config(variant, dtype, simplify_fpn, sizes).to_config()
+
+
+def input_spec(cfg: SegEarthR2Config) -> dict[str, Any]:
+    """The "input" part of model.json: the paper's geometry and prompt format
+    (configs/segearth_r2.py), the SigLIP view and image-token id the model's."""
+    from configs import segearth_r2 as paper
+
+    data = dict(paper.base().data)
+    data.update(siglip_size=cfg.mllm.vision.image_size, patch_size=cfg.mllm.vision.patch_size,
+                image_token_id=cfg.mllm.llm.image_token_id)
+    return Settings.from_config(data).to_spec()
 
 
 def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
@@ -186,29 +209,39 @@ def _fpn_biases(source: Iterator[tuple[str, Callable[[], Array], int]], expected
         yield key, load, nbytes
 
 
-def _find_shapes(src: Path, keys: set[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of `keys` in the checkpoint (each loader reads its one tensor, at most ~0.5 GB)."""
-    found = {}
-    for key, load, _ in read_hf_checkpoint(src):
-        if key in keys:
-            found[key] = tuple(load().shape)
-            if len(found) == len(keys):
-                break
-    return found
+def infer_sizes(src: Path) -> dict[str, dict[str, Any]]:
+    """The sizes of the merged checkpoint `src` that its tensor shapes (and config.json) show:
+    part ("vision", "llm", "swin", "pixel_decoder", "decoder") -> fields. Head counts and the
+    like, which no shape shows, come from the preset."""
+    shapes = hf_checkpoint_shapes(src)
+    key = lambda prefix, rest: prefix.replace("\\", "") + rest  # a regex prefix as a key
+    vision, llm = mipha.source_sizes(shapes, mipha.read_hf_config(src), str(src))
+    stages = count_layers(shapes, SWIN + r"layers\.(?P<layer>\d+)\..*")
+    swin_sizes = dict(
+        embed_dim=shapes[key(SWIN, "patch_embed.proj.weight")][0],
+        depths=tuple(count_layers(shapes, SWIN + rf"layers\.{i}\.blocks\.(?P<layer>\d+)\..*")
+                     for i in range(stages)))
+    mask_features = shapes[key(PIXEL_DECODER, "mask_features.weight")]  # [mask, conv, 1, 1]
+    pixel = dict(conv_dim=mask_features[1], mask_dim=mask_features[0],
+                 encoder_layers=count_layers(shapes, PIXEL_DECODER + r"transformer\.encoder\."
+                                             r"layers\.(?P<layer>\d+)\..*"))
+    decoder = dict(num_layers=count_layers(shapes, PREDICTOR + r"transformer_ffn_layers\."
+                                           r"(?P<layer>\d+)\..*"))
+    return {"vision": vision, "llm": llm, "swin": swin_sizes, "pixel_decoder": pixel,
+            "decoder": decoder}
 
 
-def infer_variant(src: Path) -> str:
-    """The variant whose `lm_head.weight` and `SEG_token_projector.weight` shapes match."""
-    keys = {"lm_head.weight", "SEG_token_projector.weight"}
-    shapes = _find_shapes(src, keys)
+def infer_variant(sizes: dict[str, dict[str, Any]], where: str) -> str:
+    """The preset of the same LLM, Swin and decoder widths (it gives what no shape shows)."""
     for name in VARIANTS:
         cfg = model_config(name)
-        llm, hidden = cfg.mllm.llm, cfg.seg_head.decoder.hidden_dim
-        if shapes == {"lm_head.weight": (llm.vocab_size, llm.hidden_size),
-                      "SEG_token_projector.weight": (hidden, llm.hidden_size)}:
+        if (cfg.mllm.llm.hidden_size, cfg.seg_head.swin.embed_dim,
+                cfg.seg_head.pixel_decoder.conv_dim) == (
+                sizes["llm"]["hidden_size"], sizes["swin"]["embed_dim"],
+                sizes["pixel_decoder"]["conv_dim"]):
             return name
-    raise ConversionError(f"{src}: shapes {shapes} of {sorted(keys)} match no variant of "
-                          f"{sorted(VARIANTS)}; pass --variant")
+    raise ConversionError(f"{where}: its widths match no preset of {sorted(VARIANTS)}; pass "
+                          "--variant (the preset that gives the head counts)")
 
 
 def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
@@ -219,8 +252,9 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     src = Path(src)
     if not src.is_dir():
         raise ConversionError(f"--src {src} is not a directory")
-    variant = variant or infer_variant(src)
-    cfg = model_config(variant, dtype, simplify_fpn)
+    sizes = infer_sizes(src)
+    variant = variant or infer_variant(sizes, str(src))
+    cfg = model_config(variant, dtype, simplify_fpn, sizes)
     unused, missing_ok = gaps(cfg)
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     expected = expected_params(cfg)
@@ -234,7 +268,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
         print(f"dry run: all {n} parameters match; nothing written", file=sys.stderr)
         return Path(out)
     out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
-                                        "model": model_spec(variant, dtype, simplify_fpn),
+                                        "model": cfg.to_config(), "input": input_spec(cfg),
                                         "source": str(src.absolute())})
     mipha.copy_tokenizer(src, out)
     return out
@@ -245,10 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "merged SegEarth-R2 directory (HF layout)", VARIANTS, None,
                               default_dtype="bfloat16")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check names and shapes only; write nothing")
+                        help="Check names and shapes only; write nothing.")
     parser.add_argument("--detectron2-fpn", action="store_true",
-                        help="build the detectron2 FPN (no conv bias, no lateral ReLU) instead "
-                             "of the official Mask2Former-Simplify one")
+                        help="Build the detectron2 FPN (no conv bias, no lateral ReLU) instead "
+                             "of the official Mask2Former-Simplify one.")
     args = parser.parse_args(argv)
     run_converter(convert, args, dry_run=args.dry_run, simplify_fpn=not args.detectron2_fpn)
 

@@ -162,6 +162,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
     for i, c in enumerate(cfg.channels):
         params[f"norm{i}"] = {"scale": np.ones(c, dtype), "bias": np.zeros(c, dtype)}
     return write_converted(out, params, {"kind": "swin", "variant": variant, "dtype": dtype,
+                                         "model": cfg.to_dict(),
                                          "source": str(src.absolute())})
 
 

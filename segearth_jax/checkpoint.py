@@ -2,7 +2,8 @@
 
 Layout of a converted/exported model directory:
   params/      orbax checkpoint of the parameter tree
-  model.json   how to rebuild the model: {"kind": "mipha", "variant": ..., "overrides": {...}}
+  model.json   how to rebuild the model: {"kind": "mipha" | "seg_head" | "swin" | "segearth_r2",
+               "model": every size and knob (the `to_config` of its config class), ...}
   tokenizer/   tokenizer files (when the source had them)
 """
 

@@ -98,7 +98,7 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
     flat_target = _flat(target)
     leaves: dict[str, jax.Array] = {}
     for key, prefix, missing_ok in SOURCES:
-        directory = config.init.get(key)
+        directory = config.init[key]
         if not directory:
             continue
         found = checkpoint_shapes(directory)

@@ -46,7 +46,8 @@ def _queries(hf_model, batch):
 
 
 def _ours(params, pixels, queries):
-    cfg = SegHeadConfig.from_variant("tiny", independent_queries=False)  # HF mixes its queries
+    # HF mixes its queries
+    cfg = SegHeadConfig.from_variant("tiny", decoder=dict(independent_queries=False))
     return SegHead(cfg).apply({"params": params}, pixels, queries)
 
 
