@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segearth_jax import checkpoint, cli, sharding, text
+from segearth_jax import checkpoint, errors, sharding, text
 from segearth_jax.generate import generate
 from segearth_jax.input.settings import Settings
 
@@ -35,7 +35,7 @@ class SegEarthPredictor:
 
         spec = checkpoint.read_model_spec(directory)
         if spec.get("kind") != "segearth_r2":
-            raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected "
+            raise errors.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected "
                              "'segearth_r2' (a convert.segearth_r2 output or a training export)")
         self.config = SegEarthR2Config.from_config(spec["model"])
         self.model = SegEarthR2(self.config)
