@@ -40,7 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "Required: a SegEarth-R2 model directory.")
     flags.DEFINE_string("split", None, "The dataset split (default: config.data.eval_split).")
     flags.DEFINE_integer("limit", None, "Evaluate only the first N records.")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    cli.require_flags("config", "checkpoint")
 
 
 @cli.entry_point

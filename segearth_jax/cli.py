@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 from segearth_jax.errors import BadValue, MissingFile, OutputExists, UserError
 
 __all__ = ["BadValue", "MissingFile", "OutputExists", "UserError", "check_dir", "check_new_dir",
-           "entry_point", "fail", "run_absl"]
+           "entry_point", "fail", "require_flags", "run_absl"]
 
 EXIT_USER = 2  # an expected failure: one `error:` line; 1 (Python's default) is a bug
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
@@ -109,6 +109,16 @@ def run_absl(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
 
     app.run(main, argv=None if argv is None else list(argv), flags_parser=parse_flags)
     sys.exit(0)  # app.run exits itself; never reached.
+
+
+def require_flags(*names: str) -> None:
+    """Marks absl flags required, and drops their `(default: 'None')` from `--help` (a required
+    flag has no default)."""
+    from absl import flags
+
+    flags.mark_flags_as_required(list(names))
+    for name in names:
+        flags.FLAGS[name].default_as_str = None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -277,7 +277,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("questions", None, [*QUESTIONS, "auto"], "all: every question of an image; "
                       "first: its first question only (the SegEarth-R1 EarthReason protocol) "
                       "(default: config.eval.questions)")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    cli.require_flags("config", "checkpoint")
 
 
 @cli.entry_point

@@ -443,7 +443,7 @@ def define_flags() -> None:
         lock_config=True)
     flags.DEFINE_string("workdir", None, "Required: the directory for checkpoints, logs and "
                         "the exported model.")
-    flags.mark_flags_as_required(["config", "workdir"])
+    cli.require_flags("config", "workdir")
 
 
 @cli.entry_point

@@ -217,3 +217,13 @@ def test_help_texts_are_full_sentences(program, monkeypatch):
         assert action.help and action.help.rstrip().endswith("."), (action.dest, action.help)
         if action.required and action.option_strings:
             assert action.help.startswith("Required"), (action.dest, action.help)
+
+
+@pytest.mark.parametrize("program", ["segearth_jax.train", "segearth_jax.evaluate",
+                                     "experiments.eval_protocols"])
+def test_absl_required_flags_say_so_without_a_default(results, program):
+    """`--config` of the absl programs reads 'Required' and shows no `(default: 'None')`."""
+    text = results[f"help:{program}"][0].stdout
+    start = text.index("  --config:")
+    entry = text[start:text.index("\n  --", start + 1)]
+    assert "Required" in entry and "default" not in entry, entry
