@@ -98,7 +98,7 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
     if spec.get("kind") != "mipha":
         raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha' (a "
                            "convert.mipha output)")
-    cfg = MiphaConfig.from_config(spec["model"])
+    cfg = checkpoint.model_config(directory, spec, MiphaConfig.from_config)
     model = Mipha(cfg)
     params = checkpoint.restore_params(directory)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, cfg.llm.param_dtype), params)

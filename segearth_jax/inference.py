@@ -37,7 +37,7 @@ class SegEarthPredictor:
         if spec.get("kind") != "segearth_r2":
             raise errors.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected "
                              "'segearth_r2' (a convert.segearth_r2 output or a training export)")
-        self.config = SegEarthR2Config.from_config(spec["model"])
+        self.config = checkpoint.model_config(directory, spec, SegEarthR2Config.from_config)
         self.model = SegEarthR2(self.config)
         self.geometry = Settings.from_spec(spec)  # the inputs it was trained on
         self.geometry.check_model(self.config)

@@ -127,3 +127,17 @@ def test_from_variant_routes_each_keyword_to_its_own_part():
     assert head.pixel_decoder.remat_policy == head.swin.remat_policy == "none"
     with pytest.raises(ValueError, match="remat_policy"):
         SegHeadConfig.from_variant("tiny", swin=dict(remat_policy="layer"))
+
+
+def test_an_old_model_json_is_one_clear_error(tmp_path):
+    """A model.json that names a variant instead of holding the sizes: a BadValue (one
+    `error:` line at a command line) naming the file, not a traceback."""
+    import json
+
+    from segearth_jax.errors import BadValue
+    from segearth_jax.generate import load_model
+
+    (tmp_path / "model.json").write_text(json.dumps(
+        {"kind": "mipha", "variant": "tiny", "overrides": {"lm_head_bias": False}}))
+    with pytest.raises(BadValue, match=r"model\.json: its \"model\" entry does not rebuild"):
+        load_model(tmp_path)
