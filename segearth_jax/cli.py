@@ -105,8 +105,12 @@ def entry_point(main: Callable[..., Any]) -> Callable[..., Any]:
 def run_absl(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> NoReturn:
     """`absl.app.run(main)` with one-line flag and config errors (status 2) and `--help`
     exiting 0 (absl's exits 1)."""
-    from absl import app
+    from absl import app, flags
 
+    module = getattr(main, "__module__", "__main__")
+    if module != "__main__":  # a console script: --help lists the flags of sys.argv[0]'s module
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main, argv=None if argv is None else list(argv), flags_parser=parse_flags)
     sys.exit(0)  # app.run exits itself; never reached.
 

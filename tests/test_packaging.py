@@ -3,6 +3,7 @@ experiments/ and tests/ stay folders of the checkout), with the console scripts.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -35,3 +36,12 @@ def test_only_the_library_is_installed(tmp_path):
                             ("segearth-generate", "segearth_jax.generate:main"),
                             ("segearth-app", "segearth_jax.app:main")):
         assert f"{name} = {target_fn}" in scripts
+    # The installed copy runs outside the checkout (it imports nothing from configs/ etc.).
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import segearth_jax; "
+             "assert segearth_jax.__file__.startswith(sys.argv[1]), segearth_jax.__file__; "
+             "from segearth_jax.train import run; sys.argv = ['segearth-train', '--help']; run()")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", probe, str(target)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "--workdir" in p.stdout
