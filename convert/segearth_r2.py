@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from convert import m2f_pixel_decoder, m2f_transformer_decoder, mipha, swin
+from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, mipha, swin
 from convert.common import (
     Array,
     ConversionError,
@@ -59,7 +59,6 @@ from convert.common import (
     conv2d,
     convert_tensors,
     converter_parser,
-    count_layers,
     describe_gaps,
     hf_checkpoint_files,
     hf_checkpoint_shapes,
@@ -211,24 +210,15 @@ def _fpn_biases(source: Iterator[tuple[str, Callable[[], Array], int]], expected
 
 def infer_sizes(src: Path) -> dict[str, dict[str, Any]]:
     """The sizes of the merged checkpoint `src` that its tensor shapes (and config.json) show:
-    part ("vision", "llm", "swin", "pixel_decoder", "decoder") -> fields. Head counts and the
-    like, which no shape shows, come from the preset."""
+    part ("vision", "llm", "swin", "pixel_decoder", "decoder") -> fields (the Swin backbone
+    entirely). The head counts of SigLIP and the two decoders, which no shape shows, come from
+    the preset."""
     shapes = hf_checkpoint_shapes(src)
     key = lambda prefix, rest: prefix.replace("\\", "") + rest  # a regex prefix as a key
     vision, llm = mipha.source_sizes(shapes, mipha.read_hf_config(src), str(src))
-    stages = count_layers(shapes, SWIN + r"layers\.(?P<layer>\d+)\..*")
-    swin_sizes = dict(
-        embed_dim=shapes[key(SWIN, "patch_embed.proj.weight")][0],
-        depths=tuple(count_layers(shapes, SWIN + rf"layers\.{i}\.blocks\.(?P<layer>\d+)\..*")
-                     for i in range(stages)))
-    mask_features = shapes[key(PIXEL_DECODER, "mask_features.weight")]  # [mask, conv, 1, 1]
-    pixel = dict(conv_dim=mask_features[1], mask_dim=mask_features[0],
-                 encoder_layers=count_layers(shapes, PIXEL_DECODER + r"transformer\.encoder\."
-                                             r"layers\.(?P<layer>\d+)\..*"))
-    decoder = dict(num_layers=count_layers(shapes, PREDICTOR + r"transformer_ffn_layers\."
-                                           r"(?P<layer>\d+)\..*"))
-    return {"vision": vision, "llm": llm, "swin": swin_sizes, "pixel_decoder": pixel,
-            "decoder": decoder}
+    head = mask2former.source_sizes(
+        shapes, (key(SWIN, ""), key(PIXEL_DECODER, ""), key(PREDICTOR, "")), str(src))
+    return {"vision": vision, "llm": llm, **head}
 
 
 def infer_variant(sizes: dict[str, dict[str, Any]], where: str) -> str:
