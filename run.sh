@@ -35,8 +35,8 @@ demo() {
   stage "1/5 synthetic data (2000 scenes)" \
     python -m data.synthetic --out demo_out/synthetic_raw --n 2000 --object-scale 2
   stage "2/5 TFDS (array_record) build" \
-    python -m data.builders synthetic --manual_dir demo_out/synthetic_raw \
-    --data_dir demo_out/tfds
+    python -m data.builders synthetic --manual-dir demo_out/synthetic_raw \
+    --data-dir demo_out/tfds
   stage "3/5 train (configs/tiny.py, CPU)" \
     python -m segearth_jax.train --config configs/tiny.py --workdir demo_out/tiny_run \
     --config.data.data_dir=demo_out/tfds

@@ -1,22 +1,24 @@
 """SegEarth-R2 training configs, one per dataset: `--config configs/segearth_r2.py:VARIANT`.
 
 VARIANT (default `lasers`): `lasers` (the paper's main setup: AdamW lr 1e-4, cosine, 3% warmup,
-no weight decay, batch 4, 50k steps, bf16, LoRA r8 on q/v; docs/design.md section 7),
-`rrsisd`, `refsegrs`, `risbench`, `earthreason` (the same setup on that dataset; paper test
-gIoU 67.9, 74.8, 70.5, 73.5). Override any key with `--config.<key>=<value>`:
+no weight decay, batch 4, 50k steps, bf16, LoRA r8 on q/v; docs/conventions.md),
+`rrsisd`, `refsegrs`, `risbench`, `earthreason` (the same setup on that dataset; the paper's
+test figures: README.md). Every key the code reads is written out below (the model's sizes
+expanded from the `mipha3b` and `swin-b` presets; `SegEarthR2Config.from_config` reads exactly
+these keys); nothing falls back to a default in the code. Override any key with
+`--config.<key>=<value>`:
 
   python -m segearth_jax.train --config configs/segearth_r2.py:lasers --workdir runs/lasers \
     --config.init.mllm=/ckpt/mipha3b_flax --config.init.seg_head=/ckpt/m2f_swinb_flax \
     --config.tokenizer=/ckpt/mipha3b_flax/tokenizer --config.data.data_dir=/data/tfds
 """
 
-import dataclasses
-
 import ml_collections
 
-from segearth_jax import losses
-from segearth_jax.input import settings
+from segearth_jax.constants import IMAGE_TOKEN_ID
 from segearth_jax.models.lora import LoRAConfig
+from segearth_jax.models.mipha import MiphaConfig
+from segearth_jax.models.seg_head import SegHeadConfig
 
 # Trained in the official code: LoRA, lm_head, pixel decoder, transformer decoder, [SEG] projector.
 TRAINABLE = (
@@ -32,22 +34,29 @@ def base() -> ml_collections.ConfigDict:
     """The paper's setup on LaSeRS (the `lasers` variant)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Every stack has `scan` (False: its layer loop unrolled, the same parameters and numbers)
+    # and `remat_policy` ("none", "full", "dots", "dots_no_batch"; the pixel decoder also
+    # "sampling"): models/common.layer_stack. attention_impl: "auto" (cuDNN on GPU where it
+    # applies), "xla", "cudnn".
     c.model = ml_collections.ConfigDict(dict(
-        mllm=dict(variant="mipha3b", dtype="bfloat16", param_dtype="float32",
-                  lm_head_bias=False,  # the official SegEarth-R2 lm_head has no bias
-                  attention_impl="auto", remat_policy="dots_no_batch", seg_probe_heads="mean",
-                  lora=dataclasses.asdict(LoRAConfig(rank=8))),  # r8 on q/v, alpha 16
-        seg_head=dict(variant="swin-b", dtype="bfloat16", param_dtype="float32",
-                      # remat "layer": recompute each deformable encoder layer in the
-                      # backward (at batch 4: 38.3 -> 18.0 GiB of temporaries, and faster
-                      # than "none" or "sampling" on the CPU; experiments/RESULTS.md).
-                      pixel_decoder=dict(
-                          remat="layer",
-                          # False: detectron2's FPN (no conv bias, no lateral ReLU), as in
-                          # init.seg_head's Mask2Former checkpoint; True: the official
-                          # Mask2Former-Simplify FPN of convert.segearth_r2's output
-                          # (init.checkpoint from it needs True: docs/checkpoints.md).
-                          simplify_fpn=False)),
+        mllm=MiphaConfig.preset(
+            "mipha3b", dtype="bfloat16", param_dtype="float32",
+            vision=dict(attention_impl="auto", scan=True, remat_policy="none"),
+            llm=dict(lm_head_bias=False,  # the official SegEarth-R2 lm_head has no bias
+                     attention_impl="auto", scan=True, remat_policy="dots_no_batch",
+                     seg_probe_heads="mean",
+                     lora=LoRAConfig(rank=8))),  # r8 on q/v, alpha 16
+        seg_head=SegHeadConfig.preset(
+            "swin-b", dtype="bfloat16", param_dtype="float32",
+            swin=dict(attention_impl="auto", scan=True, remat_policy="none"),
+            # remat "full": recompute each deformable encoder layer in the backward (the
+            # memory and step time of each choice: experiments/RESULTS.md).
+            # simplify_fpn False: detectron2's FPN (no conv bias, no lateral ReLU), as in
+            # init.seg_head's Mask2Former checkpoint; True: the official Mask2Former-Simplify
+            # FPN of convert.segearth_r2's output (init.checkpoint from it needs True:
+            # docs/checkpoints.md).
+            pixel_decoder=dict(simplify_fpn=False, scan=True, remat_policy="full"),
+            decoder=dict(attention_impl="auto", scan=True, remat_policy="none")),
     ))
     # Converted weights (convert.mipha / convert.mask2former outputs), or one full SegEarth-R2
     # checkpoint (convert.segearth_r2 output or a previous export).
@@ -56,13 +65,43 @@ def base() -> ml_collections.ConfigDict:
     c.tokenizer_vocab = 0  # vocabulary size when tokenizer == "train"
     c.trainable = TRAINABLE
     c.frozen_dtype = "bfloat16"
-    c.data = settings.default_data_config()  # geometry, prompt format, loader (paper values)
-    c.data.update(dict(name="lasers", data_dir="", manual_dir="", train_split="train",
-                       eval_split="test",
-                       # The official prompt, token for token (text.py; docs/conventions.md):
-                       # its template and the instruction's `[SEG]` of its `<refer>` splice.
-                       official_prompt=True, seg_in_prompt=True))
-    c.loss = losses.default_loss_config()  # BCE 5 + Dice 5 on 12544 points, spatial 0.01
+    # The input geometry and prompt format (input/settings.Settings: also written into the
+    # exported model.json), the dataset, and the loader; the paper's values.
+    c.data = ml_collections.ConfigDict(dict(
+        name="lasers", data_dir="", manual_dir="", train_split="train", eval_split="test",
+        siglip_size=384,  # SigLIP view (squashed, bicubic); = the SigLIP image_size
+        image_size=1024,  # Swin canvas (long edge, bilinear, pad 128)
+        patch_size=14,  # SigLIP patch: spatial-loss grid = siglip_size // patch_size
+        image_token_id=IMAGE_TOKEN_ID,  # placeholder id of the image span in input_ids
+        max_len=1024,  # training sequence (image tokens included)
+        max_seg=8,  # [SEG] queries per example
+        max_prompt_len=960,  # generation prompt (image tokens included)
+        template="default",  # text.TEMPLATES
+        # The official prompt, token for token (text.py; docs/conventions.md): its template
+        # and the instruction's `[SEG]` of its `<refer>` splice.
+        seg_in_prompt=True,
+        official_prompt=True,
+        spatial_gt="paper",  # "paper" | "official" (input/preprocess.masks_to_grid)
+        on_error="raise",  # "raise" | "skip" (input/pipeline module docstring)
+        batch_size=4,  # GLOBAL batch; per process: batch_size // process count
+        worker_count=4,  # grain worker processes (0: in the main process)
+        prefetch=2,  # per-worker buffer (batches)
+        read_threads=16,  # grain ReadOptions.num_threads (per process)
+    ))
+    # Loss weights and sampling (the paper's / the official code's values; losses.total_loss).
+    c.loss = ml_collections.ConfigDict(dict(
+        text_weight=1.0,  # the paper's L_text has weight 1
+        bce_weight=5.0,
+        dice_weight=5.0,
+        num_points=12544,  # 112 * 112, Mask2Former's TRAIN_NUM_POINTS
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+        full_resolution=False,  # True: BCE + Dice on every pixel of the upsampled logits
+        spatial_weight=0.01,  # lambda_S
+        spatial_variant="paper",  # "paper" | "official" | "none"
+        spatial_divide_by_all_rows=False,  # paper variant: True = official row normalization
+        spatial_eps=1e-8,
+    ))
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-4, schedule="cosine", warmup_frac=0.03, weight_decay=0.0, b1=0.9, b2=0.999,
         eps=1e-8, grad_clip=1.0,  # HF Trainer's default max_grad_norm
@@ -75,6 +114,7 @@ def base() -> ml_collections.ConfigDict:
     ))
     c.total_steps = 50_000
     c.log_every = 50
+    c.export = True  # at total_steps, write the merged inference model to <workdir>/export
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     c.distributed = ml_collections.ConfigDict(dict(

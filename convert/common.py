@@ -33,7 +33,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 
 from segearth_jax import safe_pickle
-from segearth_jax.cli import MissingFile, UserError, check_new_dir
+from segearth_jax.cli import check_new_dir
+from segearth_jax.errors import MissingFile, UserError
 
 Array = np.ndarray
 
@@ -193,6 +194,38 @@ def hf_checkpoint_files(src: Path) -> list[Path]:
             return [src / single]
     raise ConversionError(
         f"{src}: no model.safetensors[.index.json] or pytorch_model.bin[.index.json] found")
+
+
+def hf_checkpoint_shapes(src: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor of an HF-layout directory, without reading the tensors
+    (safetensors headers; a PyTorch .bin is memory-mapped)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in hf_checkpoint_files(src):
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(f, framework="numpy") as h:
+                    shapes.update({k: tuple(h.get_slice(k).get_shape()) for k in h.offset_keys()})
+            except SafetensorError as e:
+                raise ConversionError(f"{f}: not a readable safetensors file ({e})") from None
+        else:
+            shapes.update({k: tuple(load().shape) for k, load, _ in read_torch_bin(f)})
+    return shapes
+
+
+def count_layers(shapes: Mapping[str, Any], pattern: str) -> int:
+    """1 + the largest layer index `(?P<layer>\\d+)` of `pattern` among the keys (0: none)."""
+    found = [int(m.group("layer")) for k in shapes if (m := re.fullmatch(pattern, k))]
+    return max(found) + 1 if found else 0
+
+
+def check_sizes(where: str, inferred: Mapping[str, Any], declared: Mapping[str, Any]) -> None:
+    """Raises a ConversionError listing every size `declared` (a config.json) gives that
+    differs from the one `inferred` from the tensor shapes."""
+    wrong = [f"{k}: {declared[k]} in config.json, {v} in the tensors"
+             for k, v in inferred.items() if k in declared and declared[k] != v]
+    if wrong:
+        raise ConversionError(f"{where}: config.json disagrees with the checkpoint: "
+                              + "; ".join(wrong))
 
 
 def read_hf_checkpoint(src: Path) -> Iterator[tuple[str, Callable[[], Array], int]]:
@@ -383,14 +416,18 @@ def read_detectron2_pickle(path: Path) -> Iterator[tuple[str, Callable[[], Array
 
 def converter_parser(doc: str, src_help: str, variants, default_variant: str | None,
                      default_dtype: str = "float32") -> argparse.ArgumentParser:
-    """`--src`, `--out`, `--variant`, `--dtype`; a converter adds its own flags to it."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--src", required=True, help=src_help)
-    parser.add_argument("--out", required=True, help="new output directory")
+    """`--src`, `--out`, `--variant`, `--dtype`; a converter adds its own flags to it. The
+    description is the first paragraph of the converter's docstring `doc`."""
+    parser = argparse.ArgumentParser(description=" ".join(doc.split("\n\n")[0].split()))
+    parser.add_argument("--src", required=True, help=f"Required: the {src_help}.")
+    parser.add_argument("--out", required=True,
+                        help="Required: the output directory (new, or empty).")
     parser.add_argument("--variant", choices=sorted(variants), default=default_variant,
-                        help=f"model size (default: {default_variant or 'from the source'})")
+                        help="The named size preset (default: %s)." % (
+                            default_variant or "the one of the source's widths, every size "
+                            "its config.json and tensor shapes show read from the source"))
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=default_dtype,
-                        help="stored parameter dtype")
+                        help="The dtype the parameters are stored in (default: %(default)s).")
     return parser
 
 

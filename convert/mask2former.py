@@ -15,7 +15,9 @@ configs and `hf_rules` / `hf_unused` map its `Mask2FormerModel` to our `SegHead`
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from convert.common import (
     Progress,
     convert_tensors,
     converter_parser,
+    count_layers,
     describe_gaps,
     read_detectron2_pickle,
     run_converter,
@@ -102,6 +105,31 @@ def hf_config(*, swin: SwinConfig | None = None, pixel_decoder: PixelDecoderConf
     return transformers.Mask2FormerConfig(**{**kw, **overrides})
 
 
+def source_sizes(shapes: Mapping[str, tuple[int, ...]], prefixes: tuple[str, str, str],
+                 where: str) -> dict[str, dict[str, Any]]:
+    """The segmentation head's sizes that the tensor shapes show, under the (backbone, pixel
+    decoder, predictor) key `prefixes` of a detectron2 or official SegEarth-R2 checkpoint:
+    part ("swin", "pixel_decoder", "decoder") -> fields. The decoders' head counts (and the
+    deformable sampling points) come from the preset: no shape separates them."""
+    backbone, pixel, predictor = prefixes
+    mask_features = shapes.get(f"{pixel}mask_features.weight")  # [mask_dim, conv_dim, 1, 1]
+    ffn = shapes.get(f"{predictor}transformer_ffn_layers.0.linear1.weight")  # [ff, hidden]
+    if mask_features is None or ffn is None:
+        raise ConversionError(f"{where}: no Mask2Former head under {pixel!r} / {predictor!r}")
+    encoder = re.escape(pixel) + r"transformer\.encoder\.layers\.(?P<layer>\d+)\..*"
+    return {
+        "swin": swin.source_sizes(shapes, backbone, where),
+        "pixel_decoder": dict(
+            conv_dim=mask_features[1], mask_dim=mask_features[0],
+            encoder_layers=count_layers(shapes, encoder),
+            ffn_dim=shapes[f"{pixel}transformer.encoder.layers.0.linear1.weight"][0]),
+        "decoder": dict(
+            num_layers=count_layers(shapes, re.escape(predictor)
+                                    + r"transformer_ffn_layers\.(?P<layer>\d+)\..*"),
+            dim_feedforward=ffn[0]),
+    }
+
+
 def expected_params(cfg: SegHeadConfig):
     """Our parameter shapes (jax.eval_shape; nothing allocated)."""
     pixels = jnp.zeros((1, 128, 128, 3), cfg.swin.dtype)
@@ -114,12 +142,16 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "swin-b",
     src = Path(src)
     if not src.is_file():
         raise ConversionError(f"--src {src} is not a file")
-    cfg = SegHeadConfig.from_variant(variant)
+    tensors = list(read_detectron2_pickle(src))  # the pickle is in memory once read
+    shapes = {k: tuple(load().shape) for k, load, _ in tensors}
+    prefixes = ("backbone.", "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.")
+    cfg = SegHeadConfig.from_variant(variant, **source_sizes(shapes, prefixes, str(src)))
     print(describe_gaps(unused(), []), file=sys.stderr)
-    params = convert_tensors(read_detectron2_pickle(src), rules(), expected_params(cfg),
+    params = convert_tensors(iter(tensors), rules(), expected_params(cfg),
                              unused=unused(), dtype=np.dtype(dtype),
                              progress=Progress(src.stat().st_size))
     return write_converted(out, params, {"kind": "seg_head", "variant": variant, "dtype": dtype,
+                                         "model": cfg.to_config("float32", "float32"),
                                          "source": str(src.absolute())})
 
 

@@ -2,6 +2,11 @@
 
     python -m convert.mipha --src MIPHA_DIR --out OUT_DIR [--variant mipha3b] [--dtype bfloat16]
 
+The sizes come from the source (`infer_config`: config.json and the tensor shapes, checked
+against each other), so a Mipha of any size converts; `--variant` names the preset that gives
+what no shape shows (SigLIP's head count; default: the preset of the same widths). model.json
+stores every size (`MiphaConfig.to_config`), so the model rebuilds from it alone.
+
 Reads `model.safetensors[.index.json]` or `pytorch_model.bin[.index.json]` one tensor at a time,
 renames by the table below (strict both ways), writes an orbax checkpoint, `model.json`, and the
 tokenizer files. Key layout: tests/reference/mipha3b_keys.tsv.
@@ -13,6 +18,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +29,14 @@ from convert.common import (
     Gap,
     Progress,
     Rule,
+    check_sizes,
     conv2d,
     convert_tensors,
     converter_parser,
+    count_layers,
     describe_gaps,
     hf_checkpoint_files,
+    hf_checkpoint_shapes,
     linear_rules,
     norm_rules,
     read_hf_checkpoint,
@@ -99,19 +108,80 @@ def expected_params(cfg: MiphaConfig):
     return jax.eval_shape(Mipha(cfg).init, jax.random.key(0), ids, pixels)["params"]
 
 
-def infer_variant(src: Path) -> str:
-    config_path = src / "config.json"
-    if not config_path.exists():
-        raise ConversionError(f"{config_path} is missing; pass --variant")
-    hf = json.loads(config_path.read_text())
+_PATCH = "model.vision_tower.vision_model.embeddings.patch_embedding.weight"  # [D, 3, p, p]
+_POSITIONS = "model.vision_tower.vision_model.embeddings.position_embedding.weight"  # [N, D]
+_VISION_FC1 = "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"  # [mlp, D]
+_LLM_FC1 = "model.layers.0.mlp.fc1.weight"  # [intermediate, E]
+_LM_HEAD = "lm_head.weight"  # [V, E]
+
+
+def source_sizes(shapes: dict[str, tuple[int, ...]], hf: dict[str, Any], where: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(SigLIP sizes, Phi sizes) of a Mipha-layout checkpoint (also the MLLM part of a merged
+    SegEarth-R2) from its tensor `shapes` and its config.json `hf` (checked against the shapes;
+    the Phi head count and rotary settings come from it where present). The SigLIP sizes hold
+    `grid`, patches per side, for `image_size` (which the shapes do not fix: 384 / 14 and
+    378 / 14 both give 27)."""
+    absent = [k for k in (_PATCH, _POSITIONS, _VISION_FC1, _LLM_FC1, _LM_HEAD) if k not in shapes]
+    if absent:
+        raise ConversionError(f"{where}: not a Mipha-layout checkpoint (no {absent})")
+    width, _, patch, _ = shapes[_PATCH]
+    grid = round(shapes[_POSITIONS][0] ** 0.5)
+    vision = dict(width=width, patch_size=patch, grid=grid,
+                  depth=count_layers(shapes, _VL + r"\..*"), mlp_dim=shapes[_VISION_FC1][0])
+    vocab, hidden = shapes[_LM_HEAD]
+    llm = dict(vocab_size=vocab, hidden_size=hidden,
+               num_layers=count_layers(shapes, _LL + r"\..*"),
+               intermediate_size=shapes[_LLM_FC1][0])
+    check_sizes(where, {"hidden_size": hidden, "num_hidden_layers": llm["num_layers"],
+                        "intermediate_size": llm["intermediate_size"]}, hf)
+    llm.update({ours: hf[theirs] for ours, theirs in (
+        ("num_heads", "num_attention_heads"), ("partial_rotary_factor", "partial_rotary_factor"),
+        ("rope_theta", "rope_theta"), ("layer_norm_eps", "layer_norm_eps")) if theirs in hf})
+    return vision, llm
+
+
+def read_hf_config(src: Path) -> dict[str, Any]:
+    """The source's config.json ({} when it has none)."""
+    path = src / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def preset_for(vision: dict[str, Any], llm: dict[str, Any], where: str) -> str:
+    """The Mipha preset of the same SigLIP and Phi widths (it gives what no shape shows)."""
     for name in VARIANTS:
-        llm = MiphaConfig.from_variant(name).llm
-        if (hf.get("hidden_size"), hf.get("num_hidden_layers"), hf.get("vocab_size")) == (
-                llm.hidden_size, llm.num_layers, llm.vocab_size):
+        cfg = MiphaConfig.from_variant(name)
+        if (cfg.vision.width, cfg.llm.hidden_size) == (vision["width"], llm["hidden_size"]):
             return name
-    raise ConversionError(f"{config_path}: hidden_size={hf.get('hidden_size')}, "
-                          f"num_hidden_layers={hf.get('num_hidden_layers')} match no variant of "
-                          f"{sorted(VARIANTS)}; pass --variant")
+    raise ConversionError(f"{where}: SigLIP width {vision['width']} and Phi width "
+                          f"{llm['hidden_size']} match no preset of {sorted(VARIANTS)}; pass "
+                          "--variant (the preset that gives the SigLIP head count)")
+
+
+def with_image_size(vision: dict[str, Any], preset: MiphaConfig) -> dict[str, Any]:
+    """`vision` sizes (with `grid`) -> SigLIP fields: the preset's image size where it gives the
+    same patch grid (384 for So400m/14), else grid x patch."""
+    sizes = {k: v for k, v in vision.items() if k != "grid"}
+    grid, patch = vision["grid"], vision["patch_size"]
+    same = preset.vision.image_size // patch == grid
+    sizes["image_size"] = preset.vision.image_size if same else grid * patch
+    return sizes
+
+
+def infer_config(src: Path, variant: str | None = None, **llm: Any) -> MiphaConfig:
+    """The MiphaConfig of the checkpoint `src`: its sizes (`source_sizes`) over the preset
+    `variant` (default: the one of the same widths), Phi fields updated by `llm`."""
+    vision_sizes, llm_sizes = source_sizes(hf_checkpoint_shapes(src), read_hf_config(src),
+                                           str(src))
+    variant = variant or preset_for(vision_sizes, llm_sizes, str(src))
+    vision_sizes = with_image_size(vision_sizes, MiphaConfig.from_variant(variant))
+    cfg = MiphaConfig.from_variant(variant, vision=vision_sizes, llm={**llm_sizes, **llm})
+    for part, rest in (("SigLIP", cfg.vision.width % cfg.vision.num_heads),
+                       ("Phi", cfg.llm.hidden_size % cfg.llm.num_heads)):
+        if rest:
+            raise ConversionError(f"{src}: the {part} width does not divide by the head count "
+                                  f"of preset {variant!r}; pass the --variant it was built as")
+    return cfg
 
 
 def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
@@ -120,16 +190,16 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     src = Path(src)
     if not src.is_dir():
         raise ConversionError(f"--src {src} is not a directory")
-    variant = variant or infer_variant(src)
-    cfg = MiphaConfig.from_variant(variant, lm_head_bias=lm_head_bias)
+    cfg = infer_config(src, variant, lm_head_bias=lm_head_bias)
     unused, missing_ok = gaps(cfg)
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     total = sum(f.stat().st_size for f in hf_checkpoint_files(src))
     params = convert_tensors(read_hf_checkpoint(src), rules(), expected_params(cfg),
                              unused=unused, not_in_checkpoint=missing_ok,
                              dtype=np.dtype(dtype), progress=Progress(total))
-    out = write_converted(out, params, {"kind": "mipha", "variant": variant, "dtype": dtype,
-                                        "overrides": {"lm_head_bias": lm_head_bias},
+    out = write_converted(out, params, {"kind": "mipha", "dtype": dtype,  # as stored
+                                        # computed in float32 unless a config says otherwise
+                                        "model": cfg.to_config("float32", "float32"),
                                         "source": str(src.absolute())})
     copy_tokenizer(src, out)
     return out
@@ -151,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "Mipha-3B checkpoint directory (HF layout)", VARIANTS,
                               None, default_dtype="bfloat16")
     parser.add_argument("--no-lm-head-bias", dest="lm_head_bias", action="store_false",
-                        help="drop lm_head.bias, as the official SegEarth-R2 does")
+                        help="Drop lm_head.bias, as the official SegEarth-R2 does.")
     args = parser.parse_args(argv)
     run_converter(convert, args, lm_head_bias=args.lm_head_bias)
 

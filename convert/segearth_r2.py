@@ -31,10 +31,10 @@ our tree must be filled (strict both ways, full diff in one `ConversionError`).
 
 Output: orbax params, `model.json` with `{"kind": "segearth_r2", "model": {"mllm": ...,
 "seg_head": ...}, "input": ...}` (`SegEarthR2Config.from_config(spec["model"])` rebuilds the
-model; "input", the inputs it was trained on: the official prompt token for token and the
-model's SigLIP geometry, `input_spec`), and the tokenizer files under `tokenizer/`. The
-official merge writes fp16 tensors: `--dtype float32` stores them exactly, `bfloat16` rounds
-them. `--dry-run` checks names and shapes only.
+model, every size explicit; "input", the inputs it was trained on: the official prompt token for
+token and the model's SigLIP geometry, `input_spec`), and the tokenizer files under
+`tokenizer/`. The official merge writes fp16 tensors: `--dtype float32` stores them exactly,
+`bfloat16` rounds them. `--dry-run` checks names and shapes only.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from convert import m2f_pixel_decoder, m2f_transformer_decoder, mipha, swin
+from convert import m2f_pixel_decoder, m2f_transformer_decoder, mask2former, mipha, swin
 from convert.common import (
     Array,
     ConversionError,
@@ -63,6 +63,7 @@ from convert.common import (
     converter_parser,
     describe_gaps,
     hf_checkpoint_files,
+    hf_checkpoint_shapes,
     linear_rules,
     norm_rules,
     read_hf_checkpoint,
@@ -71,6 +72,9 @@ from convert.common import (
 )
 from segearth_jax import cli
 from segearth_jax.input.settings import Settings
+from segearth_jax.models.lora import LoRAConfig
+from segearth_jax.models.mipha import MiphaConfig
+from segearth_jax.models.seg_head import SegHeadConfig
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config
 
 # Our variant -> (Mipha variant, segmentation-head variant).
@@ -86,36 +90,44 @@ _FPN = PIXEL_DECODER + r"(?P<m>(?:adapter|layer)_\d+)"
 _FPN_BIAS = _FPN + r"\.0\.bias"
 
 
-def model_config(variant: str, dtype: str = "float32", simplify_fpn: bool = True
-                 ) -> SegEarthR2Config:
-    return SegEarthR2Config.from_config(model_spec(variant, dtype, simplify_fpn))
-
-
-def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True
-               ) -> dict[str, Any]:
-    """The `model` part of model.json: the official inference model (LoRA merged, no lm_head
-    bias, Mask2Former-Simplify FPN unless `simplify_fpn` is False), computing and storing
-    parameters in `dtype`."""
+def model_config(variant: str, dtype: str = "float32", simplify_fpn: bool = True,
+                 sizes: dict[str, dict[str, Any]] | None = None) -> SegEarthR2Config:
+    """The official inference model (LoRA merged, no lm_head bias, Mask2Former-Simplify FPN
+    unless `simplify_fpn` is False), computing and storing parameters in `dtype`: the preset
+    `variant`, each part's fields updated by `sizes` (part -> fields; `infer_sizes`)."""
     llm_variant, head_variant = VARIANTS[variant]
-    return {
-        "mllm": {"variant": llm_variant, "dtype": dtype, "param_dtype": dtype,
-                 "lm_head_bias": False, "attention_impl": "auto", "remat_policy": "none",
-                 "seg_probe_heads": "mean",
-                 "lora": {"rank": 0, "alpha": 16.0, "dropout": 0.0,
-                          "targets": ".*/(q_proj|v_proj)"}},
-        "seg_head": {"variant": head_variant, "dtype": dtype, "param_dtype": dtype,
-                     "pixel_decoder": {"simplify_fpn": simplify_fpn}},
-    }
+    sizes = sizes or {}
+    jdtype = jnp.dtype(dtype)
+    vision = sizes.get("vision")
+    if vision is not None:
+        vision = mipha.with_image_size(vision, MiphaConfig.from_variant(llm_variant))
+    mllm = MiphaConfig.from_variant(
+        llm_variant, dtype=jdtype, param_dtype=jdtype, vision=vision,
+        llm={**sizes.get("llm", {}), "lm_head_bias": False,
+             "lora": LoRAConfig(rank=0, alpha=16.0, dropout=0.0)})
+    head = SegHeadConfig.from_variant(
+        head_variant, dtype=jdtype, param_dtype=jdtype, swin=sizes.get("swin"),
+        pixel_decoder={**sizes.get("pixel_decoder", {}), "simplify_fpn": simplify_fpn},
+        decoder=sizes.get("decoder"))
+    return SegEarthR2Config(mllm, head)
+
+
+def model_spec(variant: str, dtype: str = "float32", simplify_fpn: bool = True,
+               sizes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The `model` part of model.json: `model_config(...).to_config()`."""
+    return model_config(variant, dtype, simplify_fpn, sizes).to_config()
 
 
 def input_spec(cfg: SegEarthR2Config) -> dict[str, Any]:
-    """The "input" of model.json (`Settings`): the official training prompt (official_prompt,
-    seg_in_prompt: segearth_r2/datasets/dataset.py, docs/conventions.md), the SigLIP size, patch
-    and image-token id of `cfg`; the rest the paper's values (`Settings` defaults)."""
-    vision = cfg.mllm.vision
-    return Settings(siglip_size=vision.image_size, patch_size=vision.patch_size,
-                    image_token_id=cfg.mllm.llm.image_token_id, official_prompt=True,
-                    seg_in_prompt=True).to_spec()
+    """The "input" part of model.json: the paper's geometry and prompt format
+    (configs/segearth_r2.py: the official prompt token for token, docs/conventions.md), the
+    SigLIP view and image-token id the model's."""
+    from configs import segearth_r2 as paper
+
+    data = dict(paper.base().data)
+    data.update(siglip_size=cfg.mllm.vision.image_size, patch_size=cfg.mllm.vision.patch_size,
+                image_token_id=cfg.mllm.llm.image_token_id)
+    return Settings.from_config(data).to_spec()
 
 
 def _prefixed(rules: list[Rule], prefix: str) -> list[Rule]:
@@ -199,29 +211,30 @@ def _fpn_biases(source: Iterator[tuple[str, Callable[[], Array], int]], expected
         yield key, load, nbytes
 
 
-def _find_shapes(src: Path, keys: set[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of `keys` in the checkpoint (each loader reads its one tensor, at most ~0.5 GB)."""
-    found = {}
-    for key, load, _ in read_hf_checkpoint(src):
-        if key in keys:
-            found[key] = tuple(load().shape)
-            if len(found) == len(keys):
-                break
-    return found
+def infer_sizes(src: Path) -> dict[str, dict[str, Any]]:
+    """The sizes of the merged checkpoint `src` that its tensor shapes (and config.json) show:
+    part ("vision", "llm", "swin", "pixel_decoder", "decoder") -> fields (the Swin backbone
+    entirely). The head counts of SigLIP and the two decoders, which no shape shows, come from
+    the preset."""
+    shapes = hf_checkpoint_shapes(src)
+    key = lambda prefix, rest: prefix.replace("\\", "") + rest  # a regex prefix as a key
+    vision, llm = mipha.source_sizes(shapes, mipha.read_hf_config(src), str(src))
+    head = mask2former.source_sizes(
+        shapes, (key(SWIN, ""), key(PIXEL_DECODER, ""), key(PREDICTOR, "")), str(src))
+    return {"vision": vision, "llm": llm, **head}
 
 
-def infer_variant(src: Path) -> str:
-    """The variant whose `lm_head.weight` and `SEG_token_projector.weight` shapes match."""
-    keys = {"lm_head.weight", "SEG_token_projector.weight"}
-    shapes = _find_shapes(src, keys)
+def infer_variant(sizes: dict[str, dict[str, Any]], where: str) -> str:
+    """The preset of the same LLM, Swin and decoder widths (it gives what no shape shows)."""
     for name in VARIANTS:
         cfg = model_config(name)
-        llm, hidden = cfg.mllm.llm, cfg.seg_head.decoder.hidden_dim
-        if shapes == {"lm_head.weight": (llm.vocab_size, llm.hidden_size),
-                      "SEG_token_projector.weight": (hidden, llm.hidden_size)}:
+        if (cfg.mllm.llm.hidden_size, cfg.seg_head.swin.embed_dim,
+                cfg.seg_head.pixel_decoder.conv_dim) == (
+                sizes["llm"]["hidden_size"], sizes["swin"]["embed_dim"],
+                sizes["pixel_decoder"]["conv_dim"]):
             return name
-    raise ConversionError(f"{src}: shapes {shapes} of {sorted(keys)} match no variant of "
-                          f"{sorted(VARIANTS)}; pass --variant")
+    raise ConversionError(f"{where}: its widths match no preset of {sorted(VARIANTS)}; pass "
+                          "--variant (the preset that gives the head counts)")
 
 
 def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
@@ -232,8 +245,9 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
     src = Path(src)
     if not src.is_dir():
         raise ConversionError(f"--src {src} is not a directory")
-    variant = variant or infer_variant(src)
-    cfg = model_config(variant, dtype, simplify_fpn)
+    sizes = infer_sizes(src)
+    variant = variant or infer_variant(sizes, str(src))
+    cfg = model_config(variant, dtype, simplify_fpn, sizes)
     unused, missing_ok = gaps(cfg)
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     expected = expected_params(cfg)
@@ -247,8 +261,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str | None = None,
         print(f"dry run: all {n} parameters match; nothing written", file=sys.stderr)
         return Path(out)
     out = write_converted(out, params, {"kind": "segearth_r2", "variant": variant,
-                                        "model": model_spec(variant, dtype, simplify_fpn),
-                                        "input": input_spec(cfg),
+                                        "model": cfg.to_config(), "input": input_spec(cfg),
                                         "source": str(src.absolute())})
     mipha.copy_tokenizer(src, out)
     return out
@@ -259,10 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = converter_parser(__doc__, "merged SegEarth-R2 directory (HF layout)", VARIANTS, None,
                               default_dtype="bfloat16")
     parser.add_argument("--dry-run", action="store_true",
-                        help="check names and shapes only; write nothing")
+                        help="Check names and shapes only; write nothing.")
     parser.add_argument("--detectron2-fpn", action="store_true",
-                        help="build the detectron2 FPN (no conv bias, no lateral ReLU) instead "
-                             "of the official Mask2Former-Simplify one")
+                        help="Build the detectron2 FPN (no conv bias, no lateral ReLU) instead "
+                             "of the official Mask2Former-Simplify one.")
     args = parser.parse_args(argv)
     run_converter(convert, args, dry_run=args.dry_run, simplify_fpn=not args.detectron2_fpn)
 

@@ -15,8 +15,11 @@ PyTorch -> Flax kernel layouts (Linear [out, in] -> [in, out], Conv OIHW -> HWIO
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +33,7 @@ from convert.common import (
     conv2d,
     convert_tensors,
     converter_parser,
+    count_layers,
     describe_gaps,
     linear,
     linear_rules,
@@ -139,6 +143,29 @@ def hf_unused(src_prefix: str) -> list[Gap]:
                 "SwinModel's final norm (5.x): the backbone uses the per-stage norms")]
 
 
+def source_sizes(shapes: Mapping[str, tuple[int, ...]], prefix: str, where: str
+                 ) -> dict[str, Any]:
+    """Every Swin size of an official-layout checkpoint, from its tensor shapes under `prefix`
+    (e.g. "", "backbone.", "model.vision_tower_mask."): embed_dim and patch_size (patch conv
+    [C, 3, p, p]), depths (block counts), num_heads and window_size (each stage's first
+    relative-position table [(2w - 1)^2, heads]), mlp_ratio (fc1 rows / width)."""
+    p = re.escape(prefix)
+    patch = shapes.get(f"{prefix}patch_embed.proj.weight")
+    stages = count_layers(shapes, p + r"layers\.(?P<layer>\d+)\..*")
+    if patch is None or not stages:
+        raise ConversionError(f"{where}: no Swin backbone under {prefix!r} (no "
+                              f"{prefix}patch_embed.proj.weight or {prefix}layers.*)")
+    depths = tuple(count_layers(shapes, p + rf"layers\.{i}\.blocks\.(?P<layer>\d+)\..*")
+                   for i in range(stages))
+    tables = [shapes[f"{prefix}layers.{i}.blocks.0.attn.relative_position_bias_table"]
+              for i in range(stages)]
+    window = (round(tables[0][0] ** 0.5) + 1) // 2
+    fc1 = shapes[f"{prefix}layers.0.blocks.0.mlp.fc1.weight"]  # [hidden, C]
+    return dict(embed_dim=patch[0], patch_size=patch[2], depths=depths,
+                num_heads=tuple(t[1] for t in tables), window_size=window,
+                mlp_ratio=fc1[0] / patch[0])
+
+
 def expected_params(cfg: SwinConfig):
     """Our parameter shapes (jax.eval_shape of `init`; nothing allocated)."""
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
@@ -147,12 +174,15 @@ def expected_params(cfg: SwinConfig):
 
 def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
             dtype: str = "float32") -> Path:
-    """Official Swin .pth -> `out` (orbax params + model.json). The per-stage output norms,
-    absent from the .pth, are written as LayerNorm's initial 1/0."""
+    """Official Swin .pth -> `out` (orbax params + model.json). Every size is read from the
+    tensor shapes (`source_sizes`; `variant` gives the rest: LayerNorm epsilon, attention
+    implementation). The per-stage output norms, absent from the .pth, are written as
+    LayerNorm's initial 1/0."""
     src = Path(src)
     if not src.is_file():
         raise ConversionError(f"--src {src} is not a file")
-    cfg = SwinConfig.from_variant(variant)
+    shapes = {k: tuple(load().shape) for k, load, _ in read_torch_bin(src)}
+    cfg = SwinConfig.from_variant(variant, **source_sizes(shapes, "", str(src)))
     unused, missing_ok = official_unused(""), [output_norms_gap("swin")]
     print(describe_gaps(unused, missing_ok), file=sys.stderr)
     params = convert_tensors(read_torch_bin(src), official_rules("", "swin"),
@@ -162,6 +192,7 @@ def convert(src: str | Path, out: str | Path, *, variant: str = "B/12",
     for i, c in enumerate(cfg.channels):
         params[f"norm{i}"] = {"scale": np.ones(c, dtype), "bias": np.zeros(c, dtype)}
     return write_converted(out, params, {"kind": "swin", "variant": variant, "dtype": dtype,
+                                         "model": cfg.to_dict(),
                                          "source": str(src.absolute())})
 
 

@@ -23,12 +23,14 @@ from segearth_jax.models.mipha import MiphaConfig
 FORMATS = ("safetensors", "sharded", "bin")
 
 
-def torch_modules(seed: int = 0, variant: str = "tiny", randomize: bool = True):
+def torch_modules(seed: int = 0, variant: str = "tiny", randomize: bool = True,
+                  config: MiphaConfig | None = None):
     """(PhiForCausalLM, SiglipVisionModel, projector) with random weights, fp32, eval mode.
 
     randomize: redraw every tensor from N(0, 0.2) (tests); False keeps HF's initialization.
+    config: the sizes (any; default: the preset `variant`'s).
     """
-    cfg = MiphaConfig.from_variant(variant)
+    cfg = config or MiphaConfig.from_variant(variant)
     torch.manual_seed(seed)
     llm, vis = cfg.llm, cfg.vision
     phi = transformers.PhiForCausalLM(transformers.PhiConfig(
@@ -76,15 +78,16 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
 
 
 def write_checkpoint(out: str | Path, fmt: str = "safetensors", seed: int = 0,
-                     variant: str = "tiny") -> Path:
-    """Writes a random Mipha-layout checkpoint (weights, config.json, tokenizer) to `out`."""
+                     variant: str = "tiny", config: MiphaConfig | None = None) -> Path:
+    """Writes a random Mipha-layout checkpoint (weights, config.json, tokenizer) to `out`, of
+    the sizes of `config` (default: the preset `variant`)."""
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} not in {FORMATS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    phi, siglip, projector = torch_modules(seed, variant)
+    phi, siglip, projector = torch_modules(seed, variant, config=config)
     sd = mipha_state_dict(phi, siglip, projector)
     if fmt == "safetensors":
         save_file(sd, out / "model.safetensors", metadata={"format": "pt"})
@@ -99,7 +102,7 @@ def write_checkpoint(out: str | Path, fmt: str = "safetensors", seed: int = 0,
         (out / "model.safetensors.index.json").write_text(json.dumps({
             "metadata": {"total_size": sum(v.numel() * v.element_size() for v in sd.values())},
             "weight_map": {k: name for name, ks in shards.items() for k in ks}}, indent=2))
-    llm = MiphaConfig.from_variant(variant).llm
+    llm = (config or MiphaConfig.from_variant(variant)).llm
     (out / "config.json").write_text(json.dumps({
         "model_type": "mipha_phi", "architectures": ["MiphaPhiForCausalLM"],
         "hidden_size": llm.hidden_size, "num_hidden_layers": llm.num_layers,
@@ -112,10 +115,13 @@ def write_checkpoint(out: str | Path, fmt: str = "safetensors", seed: int = 0,
 
 @cli.entry_point
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--format", choices=FORMATS, default="safetensors")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--out", required=True,
+                        help="Required: the output directory (new, or empty).")
+    parser.add_argument("--format", choices=FORMATS, default="safetensors",
+                        help="The weight file layout (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="The seed of the random weights (default: %(default)s).")
     args = parser.parse_args(argv)
     cli.check_new_dir(args.out)
     print(f"wrote {write_checkpoint(args.out, args.format, args.seed)}")

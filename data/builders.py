@@ -1,11 +1,12 @@
 """Builds the TFDS dataset (array_record) of LaSeRS, RRSIS-D, RefSegRS, RISBench, EarthReason or
 the synthetic LaSeRS-layout set: the builder (`segearth_jax.input.datasets`) reads the released
-folder (`--manual_dir`) with `segearth_jax.input.readers`, validates every example and writes the
+folder (`--manual-dir`) with `segearth_jax.input.readers`, validates every example and writes the
 features of `segearth_jax.input.datasets.features()`.
 
-    python -m data.builders lasers --manual_dir /data/LaSeRS --data_dir /data/tfds [--on_error skip]
+    python -m data.builders lasers --manual-dir /data/LaSeRS --data-dir /data/tfds [--on-error skip]
 
-(`tfds build` itself cannot be used: its CLI imports TensorFlow, which we do not install.)
+(The underscore spellings `--manual_dir`, `--data_dir`, `--on_error` are accepted too. This
+program rather than `tfds build`: it passes the bad-input policy and prints the skip summary.)
 Read back with `load(name, data_dir)[split][i]` (a dict of numpy values; text as bytes).
 
 Bad input (see segearth_jax.input.records): on_error="raise" (default) stops at the first
@@ -32,17 +33,22 @@ __all__ = ["BUILDERS", "ON_ERROR_ENV", "build", "load", "main"]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.builders", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=sorted(BUILDERS))
-    parser.add_argument("--manual_dir", required=True, help="the dataset folder as released")
-    parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR",
-                                                             "~/tensorflow_datasets"))
-    parser.add_argument("--on_error", choices=POLICIES, default=None,
-                        help=f"bad-input policy (default: ${ON_ERROR_ENV}, else 'raise')")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild if already built")
+    parser.add_argument("name", choices=sorted(BUILDERS), help="The dataset to build.")
+    parser.add_argument("--manual-dir", "--manual_dir", dest="manual_dir", required=True,
+                        help="Required: the dataset folder as released.")
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir",
+                        default=os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"),
+                        help="Where the TFDS dataset is written (default: $TFDS_DATA_DIR, "
+                             "else ~/tensorflow_datasets).")
+    parser.add_argument("--on-error", "--on_error", dest="on_error", choices=POLICIES,
+                        default=None, help=f"The bad-input policy (default: ${ON_ERROR_ENV}, "
+                                           "else 'raise').")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Rebuild the dataset if it is already built.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     builder = build(args.name, args.manual_dir, os.path.expanduser(args.data_dir),
-                    on_error=args.on_error, overwrite=args.overwrite)
+                    on_error=args.on_error, overwrite=args.overwrite, flag="--manual-dir")
     sizes = ", ".join(f"{s}: {info.num_examples}" for s, info in builder.info.splits.items())
     print(f"{args.name} {builder.version} in {builder.data_dir} ({sizes})")
 

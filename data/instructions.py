@@ -1,6 +1,6 @@
 """Instruction text for the synthetic data set: which targets a record asks for, and the
-instruction and answer that refer to them, in the four dimensions of LaSeRS (docs/design.md
-section 5):
+instruction and answer that refer to them, in the four dimensions of LaSeRS (data/README.md,
+docs/architecture.md section 1):
 
   granularity   semantic (every instance of a category, ONE mask) | instance | part
   multiplicity  single (one `[SEG]`) | multiple (2-3 `[SEG]`s, one mask each)

@@ -1,5 +1,5 @@
 """Synthetic LaSeRS-format data: procedurally drawn aerial-like scenes with instructions that
-cover the paper's four dimensions (docs/design.md section 5):
+cover the paper's four dimensions (data/README.md):
 
   granularity   semantic (every instance of a category, ONE mask) | instance | part
   multiplicity  single (one `[SEG]`) | multiple (2-3 `[SEG]`s, one mask each)
@@ -161,18 +161,24 @@ def generate(out: Path, n: int, seed: int = 0, size: int = 256, test_fraction: f
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--n", type=int, default=2000, help="number of samples (images)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=256, help="longest image side in pixels")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="Required: the output directory.")
+    parser.add_argument("--n", type=int, default=2000,
+                        help="The number of samples (images; default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="The random seed (default: %(default)s).")
+    parser.add_argument("--size", type=int, default=256,
+                        help="The longest image side in pixels (default: %(default)s).")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="The share of samples in the test split (default: %(default)s).")
     parser.add_argument("--object-scale", type=float, default=1.0,
-                        help="object size multiplier (relative to the image; 2 = twice as long)")
+                        help="The object size multiplier (relative to the image; 2 = twice as "
+                             "long; default: %(default)s).")
     parser.add_argument("--subsets", nargs="+", default=(), metavar="SUBSET",
-                        help="only records of these subsets in the dimensions they name, e.g. "
-                             "`semantic single explicit short` for the easiest set")
+                        help="Only records of these subsets in the dimensions they name, e.g. "
+                             "`semantic single explicit short` for the easiest set.")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace OUT/train and OUT/test when OUT is not empty")
+                        help="Replace OUT/train and OUT/test when OUT is not empty.")
     args = parser.parse_args(argv)
     try:
         _check_args(args.n, args.size, args.test_fraction, args.object_scale, args.subsets)

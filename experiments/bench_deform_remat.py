@@ -6,11 +6,11 @@
 Mask2Former's pixel decoder (Swin-B channels, 6 deformable encoder layers) on the backbone maps
 of a 1024 x 1024 image (res2..res5: 256^2 x 128 ... 32^2 x 1024), computed in bf16 with fp32
 parameters, as configs/segearth_r2.py:lasers trains it; the value and gradient of a scalar of
-its outputs with respect to all its parameters, for `remat` = "none" (autodiff keeps every
-activation, the gathered bilinear corner values included), "sampling" (only the bilinear
+its outputs with respect to all its parameters, for `remat_policy` = "none" (autodiff keeps
+every activation, the gathered bilinear corner values included), "sampling" (only the bilinear
 sampling is recomputed in the backward: `jax.checkpoint` around
-`multi_scale_deformable_attention`) and "layer" (each whole encoder layer is recomputed:
-`nn.remat`). Prints per variant the compiled program's memory
+`multi_scale_deformable_attention`) and "full" (each whole encoder layer is recomputed:
+`nn.remat`; called "layer" before issue 24). Prints per variant the compiled program's memory
 (XLA's memory analysis: arguments + temporaries) and, unless `--compile-only`, the median time of
 a step over `--iters`. On the CPU, run it with
 `XLA_FLAGS=--xla_disable_hlo_passes=while-loop-invariant-code-motion` (as bench_train's memory
@@ -32,16 +32,16 @@ import numpy as np  # noqa: E402
 
 from experiments.timing import timeit  # noqa: E402
 from segearth_jax.models.pixel_decoder import (  # noqa: E402
-    REMAT,
     MSDeformAttnPixelDecoder,
     PixelDecoderConfig,
 )
 
 GIB = 2**30
+REMAT = ("none", "full", "sampling")  # pixel decoder remat_policy values compared
 
 
 def run(remat: str, batch: int, image: int, iters: int, compile_only: bool) -> dict:
-    cfg = PixelDecoderConfig.from_variant("swin-b", remat=remat, dtype=jnp.bfloat16)
+    cfg = PixelDecoderConfig.from_variant("swin-b", remat_policy=remat, dtype=jnp.bfloat16)
     model = MSDeformAttnPixelDecoder(cfg)
     rng = np.random.default_rng(0)
     feats = [jnp.asarray(rng.normal(size=(batch, image // s, image // s, c)), jnp.bfloat16)
@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=1024)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compile-only", action="store_true")
-    parser.add_argument("--remat", nargs="+", default=list(REMAT), choices=REMAT)
+    parser.add_argument("--remat", nargs="+", default=list(REMAT), choices=REMAT,
+                        help="the pixel decoder remat_policy values to measure")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); batch "
           f"{args.batch}, image {args.image}", flush=True)

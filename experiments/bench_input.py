@@ -24,6 +24,7 @@ import cv2  # noqa: E402
 import grain  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs import segearth_r2 as segearth_r2_config  # noqa: E402
 from experiments.timing import timeit  # noqa: E402
 from segearth_jax import text  # noqa: E402
 from segearth_jax.input import pipeline, settings, tokens  # noqa: E402
@@ -110,7 +111,7 @@ def main() -> None:
         d = Path(tempfile.mkdtemp())
         write_tokenizer(d, vocab_size=512)
         tok = text.load_tokenizer(d)
-    cfg = settings.default_data_config()
+    cfg = segearth_r2_config.base().data
     cfg.batch_size = 4
     print(f"cpus {os.cpu_count()}, workers {args.workers}, batch {cfg.batch_size}, canvas "
           f"{cfg.image_size}, siglip {cfg.siglip_size}, max_len {cfg.max_len}, "

@@ -59,8 +59,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(os.cpu_count() or 1)
 
-    cfg = MiphaConfig.from_variant("mipha3b", num_layers=p["num_layers"], dtype=jdtype,
-                                   param_dtype=jdtype, attention_impl=args.attention_impl)
+    cfg = MiphaConfig.from_variant("mipha3b", dtype=jdtype, param_dtype=jdtype,
+                                   vision=dict(attention_impl=args.attention_impl),
+                                   llm=dict(num_layers=p["num_layers"],
+                                            attention_impl=args.attention_impl))
     phi, siglip, projector = torch_modules(0, "mipha3b", randomize=False)
     for m in (phi, siglip):  # the fastest attention transformers has (the tests use eager)
         m.set_attn_implementation("sdpa")

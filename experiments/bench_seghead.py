@@ -49,7 +49,7 @@ def main() -> None:
     jdtype, tdtype = jnp.dtype(args.dtype), getattr(torch, args.dtype)
 
     cfg = SegHeadConfig.from_variant("swin-b", dtype=jdtype, param_dtype=jdtype,
-                                     independent_queries=args.queries == 1)
+                                     decoder=dict(independent_queries=args.queries == 1))
     s, pd, dec = cfg.swin, cfg.pixel_decoder, cfg.decoder
     torch.manual_seed(0)
     ref = hf_mask2former(cfg, randomize=False, num_queries=args.queries)

@@ -11,7 +11,7 @@ losses, same run; and the cost of the spatial attention loss (on vs off).
         # part; XLA's count beside) and XLA's memory analysis for this backend; nothing is
         # allocated or run
     python experiments/bench_train.py --preset lasers --compile-only --memory-report 20 \
-        --json mem.json --config.model.mllm.remat_policy=full   # the memory report, below
+        --json mem.json --config.model.mllm.llm.remat_policy=full   # the memory report
 
 `--config.a.b=value` overrides any field of the preset's config (typed as the field is).
 Memory report (`--compile-only`): per device, XLA's memory analysis of the compiled step
@@ -57,7 +57,8 @@ turned off so that PyTorch gets the memory). PyTorch peak memory: on a GPU
 `torch.cuda.max_memory_allocated`, on the CPU the growth of the process's peak resident set
 (VmHWM reset before the models are built), both over what was allocated before the build: its
 weights, gradients, AdamW state and activations (ours: `args` + `temp`).
-Prints median ms per step and the ratio PyTorch / ours (> 1: we are faster).
+PyTorch runs at each of `--torch-threads` (default: 1 and all cores). Prints median ms per step
+and the ratio PyTorch / ours against the fastest PyTorch setting (> 1: we are faster).
 """
 
 from __future__ import annotations
@@ -94,10 +95,6 @@ from segearth_jax.train import Trainer, abstract_batch  # noqa: E402
 
 # bf16 dense peak FLOP/s, for MFU.
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-# PyTorch intra-op threads (0: all cores), as bench_infer.py: on the loaded 2-core CPU machine
-# 2 threads made PyTorch 10 to 100x slower (waits at the threads' barriers); the medium step took
-# 4.8 s with 1 thread, 28.7 s with 2.
-TORCH_THREADS = {"tiny": 1, "medium": 1, "lasers": 0}
 GIB = 2**30
 
 
@@ -139,8 +136,8 @@ def preset(name: str, spatial: str, overrides: list[str] = ()):
         c = tiny.get_config()
         # Rotary on half of the 64 head dims: 0.4 (Phi-2's, 32 of 80) would rotate an odd 25,
         # which neither ours nor transformers' Phi supports.
-        c.model.mllm.update(dict(hidden_size=512, num_layers=8, num_heads=8,
-                                 intermediate_size=2048, partial_rotary_factor=0.5))
+        c.model.mllm.llm.update(dict(hidden_size=512, num_layers=8, num_heads=8,
+                                     intermediate_size=2048, partial_rotary_factor=0.5))
         c.data.update(dict(image_size=256, max_len=256, batch_size=4))
     elif name == "lasers":
         c = segearth_r2.base()
@@ -162,10 +159,13 @@ def step_flops(config) -> dict[str, Any]:
     out = {}
     for key, remat in (("model_flops", False), ("hw_flops", True)):
         c = copy.deepcopy(config)
-        c.model.mllm.attention_impl = "xla"
-        c.model.seg_head.attention_impl = "xla"
+        for part in (c.model.mllm.vision, c.model.mllm.llm, c.model.seg_head.swin,
+                     c.model.seg_head.decoder):
+            part.attention_impl = "xla"
         if not remat:
-            c.model.mllm.remat_policy = "none"
+            for part in (c.model.mllm.vision, c.model.mllm.llm, *(
+                    c.model.seg_head[k] for k in ("swin", "pixel_decoder", "decoder"))):
+                part.remat_policy = "none"
         trainer = Trainer(c)
         state, frozen = trainer.abstract_init()  # before step_fn: it sets the shardings
         count = count_flops(trainer.step_fn, state, frozen, abstract_batch(c))
@@ -536,8 +536,9 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--spatial", default="both", choices=["both", "none", "paper"],
                         help="the spatial loss variants to run (default: both, and their ratio)")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="PyTorch intra-op threads, 0: all cores (default: the preset's)")
+    parser.add_argument("--torch-threads", type=int, nargs="+", default=[1, 0],
+                        help="PyTorch intra-op thread counts to time, 0: all cores; the ratio "
+                             "is taken against the fastest (default: 1 and all cores)")
     parser.add_argument("--compile-only", action="store_true",
                         help="compile ours from abstract shapes; print FLOPs and memory only")
     parser.add_argument("--memory-report", type=int, default=0, metavar="N",
@@ -557,8 +558,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.no_torch:  # on a GPU, leave PyTorch the memory XLA would preallocate (75%)
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    threads = TORCH_THREADS[args.preset] if args.torch_threads is None else args.torch_threads
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    thread_counts = sorted({n or os.cpu_count() or 1 for n in args.torch_threads})
     c = preset(args.preset, "none", overrides)
     d, cfg = c.data, SegEarthR2Config.from_config(c.model)
     llm = cfg.mllm.llm
@@ -567,7 +567,8 @@ def main() -> None:
           f"{torch.__version__}, transformers {transformers.__version__}")
     print(f"preset {args.preset}: Phi {llm.num_layers} x {llm.hidden_size} (LoRA rank "
           f"{llm.lora.rank}), SigLIP {cfg.mllm.vision_layers} of {cfg.mllm.vision.depth} layers x "
-          f"{cfg.mllm.vision.width}, seg head {c.model.seg_head.variant}, "
+          f"{cfg.mllm.vision.width}, Swin {cfg.seg_head.swin.embed_dim} x "
+          f"{list(cfg.seg_head.swin.depths)}, "
           f"{llm.dtype.name if hasattr(llm.dtype, 'name') else llm.dtype}; batch "
           f"{d.batch_size}, max_len {d.max_len}, canvas "
           f"{d.image_size}, siglip {d.siglip_size}, max_seg {d.max_seg}, {c.loss.num_points} "
@@ -575,14 +576,21 @@ def main() -> None:
     if not args.no_torch:
         mem = ("torch.cuda.max_memory_allocated" if device == "cuda" else
                "peak RSS growth from the build to the last step (VmHWM reset before)")
-        print(f"torch: {'bf16 autocast' if device == 'cuda' else 'fp32'}, "
-              f"{torch.get_num_threads()} intra-op thread(s); memory = {mem}")
+        print(f"torch: {'bf16 autocast' if device == 'cuda' else 'fp32'}, timed at "
+              f"{thread_counts} intra-op thread(s), the ratio against the fastest; memory = "
+              f"{mem}")
 
     # The references first: nothing of ours is allocated yet when their memory is measured.
     variants = ("none", "paper") if args.spatial == "both" else (args.spatial,)
     configs = {s: preset(args.preset, s, overrides) for s in variants}
-    res = {s: {"torch": None if args.no_torch else bench_torch(c, args.iters, device)}
-           for s, c in configs.items()}
+    res = {}
+    for s, c in configs.items():
+        runs = {}
+        for n_threads in [] if args.no_torch else thread_counts:
+            torch.set_num_threads(n_threads)
+            runs[n_threads] = bench_torch(c, args.iters, device)
+        best = min(runs, key=lambda n: runs[n]["step_s"]) if runs else None
+        res[s] = {"torch": runs.get(best), "torch_runs": runs, "torch_threads": best}
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -602,6 +610,11 @@ def main() -> None:
               f"{j['xla_flops'] / 1e12:8.3f}"
               f"{j['args_gib']:10.2f}{j['temp_gib']:10.2f}"
               + (f"{t['peak_gib']:11.2f}" if t else f"{'-':>11}") + mfu)
+    for s, r in res.items():
+        if r["torch_runs"]:
+            print(f"{s}: torch ms per step by intra-op threads: " + ", ".join(
+                f"{n}: {1e3 * t['step_s']:.1f}" for n, t in r["torch_runs"].items())
+                + f" (the ratio uses {r['torch_threads']})")
     if len(res) == 2:
         cost = lambda k: res["paper"][k]["step_s"] / res["none"][k]["step_s"]
         print(f"spatial loss cost (paper / none step time): ours {cost('jax'):.3f}x"

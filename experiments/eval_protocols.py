@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from segearth_jax import metrics  # noqa: E402
+from segearth_jax import cli, metrics  # noqa: E402
 from segearth_jax.evaluate import (  # noqa: E402
     MODES,
     open_eval_source,
@@ -30,15 +30,24 @@ from segearth_jax.evaluate import (  # noqa: E402
 )
 from segearth_jax.inference import SegEarthPredictor  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "the training configuration (data + eval)")
-flags.DEFINE_string("checkpoint", None, "a SegEarth-R2 model directory", required=True)
-flags.DEFINE_string("split", None, "dataset split (default: config.data.eval_split)")
-flags.DEFINE_integer("limit", None, "only the first N records")
 FLAGS = flags.FLAGS
 
 
+def define_flags() -> None:
+    """The command line (defined only when run as a program)."""
+    config_flags.DEFINE_config_file("config", None, "Required: the training configuration file "
+                                    "(its data and eval sections are used).")
+    flags.DEFINE_string("checkpoint", None, "Required: a SegEarth-R2 model directory.")
+    flags.DEFINE_string("split", None, "The dataset split (default: config.data.eval_split).")
+    flags.DEFINE_integer("limit", None, "Evaluate only the first N records.")
+    cli.require_flags("config", "checkpoint")
+
+
+@cli.entry_point
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.check_dir(FLAGS.checkpoint, "--checkpoint", "a SegEarth-R2 model directory")
     config = FLAGS.config
     split = FLAGS.split or config.data.eval_split
     predictor = SegEarthPredictor(FLAGS.checkpoint, max_new_tokens=config.eval.max_new_tokens,
@@ -70,5 +79,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    define_flags()
+    cli.run_absl(main)

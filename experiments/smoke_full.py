@@ -120,8 +120,8 @@ def run_predict(config, new_tokens: int) -> dict:
 
 def run_train(config) -> dict:
     config.data.batch_size = 1
-    config.model.mllm.remat_policy = "full"
-    config.model.seg_head.pixel_decoder.remat = "layer"
+    config.model.mllm.llm.remat_policy = "full"
+    config.model.seg_head.pixel_decoder.remat_policy = "full"
     trainer = Trainer(config)
     state, frozen = trainer.init(0)
     batch = trainer.global_batch(random_batch(config))

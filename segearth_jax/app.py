@@ -19,7 +19,6 @@ import html
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from segearth_jax import visualize
+from segearth_jax import cli, visualize
 from segearth_jax.predict import pictures, predict, read_image, result_json
 
 MAX_UPLOAD = "100mb"  # Gradio refuses larger uploads before they reach the app.
@@ -208,28 +207,36 @@ def build(segmenter: Segmenter, examples: list[list[str]], title: str):
     return demo
 
 
+@cli.entry_point
 def main(argv: list[str] | None = None) -> None:
+    """Serves the app; a user mistake (no model, no Gradio, a taken port) is one `error:` line
+    and exit status 2 (segearth_jax/cli.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="SegEarth-R2 model directory "
-                        "(a training export or a convert.segearth_r2 output)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: "
-                        "every interface)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--examples", default=DEMO_EXAMPLES, help="a folder of example images "
-                        "(the synthetic/LaSeRS layout gives them their instructions)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most")
+    parser.add_argument("--checkpoint", required=True, help="Required: the SegEarth-R2 model "
+                        "directory (a training export or a convert.segearth_r2 output).")
+    parser.add_argument("--host", default="127.0.0.1", help="The address to listen on "
+                        "(0.0.0.0: every interface; default: %(default)s).")
+    parser.add_argument("--port", type=int, default=7860,
+                        help="The port to listen on (default: %(default)s).")
+    parser.add_argument("--examples", default=DEMO_EXAMPLES, help="A folder of example images "
+                        "(the synthetic/LaSeRS layout gives them their instructions).")
+    parser.add_argument("--max-new-tokens", type=int, default=128,
+                        help="The longest answer, in tokens (default: %(default)s).")
+    parser.add_argument("--queue-size", type=int, default=32,
+                        help="How many requests may wait at most (default: %(default)s).")
     args = parser.parse_args(argv)
+    cli.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a training "
+                  "export or a convert.segearth_r2 output)")
+    if not (Path(args.checkpoint) / "model.json").is_file():
+        raise cli.MissingFile(f"--checkpoint {args.checkpoint}: no model.json there (expected a "
+                              "training export or a convert.segearth_r2 output)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing sent anywhere
     try:
         import gradio  # noqa: F401
     except ImportError:
-        sys.exit('error: the web app needs Gradio: pip install -e ".[app]"')
+        raise cli.BadValue('the web app needs Gradio: pip install -e ".[app]"') from None
     from segearth_jax.inference import SegEarthPredictor
 
-    if not (Path(args.checkpoint) / "model.json").is_file():
-        sys.exit(f"error: --checkpoint {args.checkpoint}: no model.json there (expected a "
-                 "training export or a convert.segearth_r2 output)")
     t = time.perf_counter()
     predictor = SegEarthPredictor(args.checkpoint, max_new_tokens=args.max_new_tokens)
     warm_up(predictor)
@@ -244,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                         ssr_mode=False, footer_links=["api"], css=CSS,
                         allowed_paths=[str(Path(args.examples).resolve())] if examples else None)
         except OSError as e:  # e.g. the port is taken
-            sys.exit(f"error: cannot serve on {args.host}:{args.port}: {e}")
+            raise cli.BadValue(f"--host/--port: cannot serve on {args.host}:{args.port}: {e}"
+                               ) from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Layout of a converted/exported model directory:
   params/      orbax checkpoint of the parameter tree
-  model.json   how to rebuild the model: {"kind": "mipha", "variant": ..., "overrides": {...}}
+  model.json   how to rebuild the model: {"kind": "mipha" | "seg_head" | "swin" | "segearth_r2",
+               "model": every size and knob (the `to_config` of its config class), ...}
   tokenizer/   tokenizer files (when the source had them)
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from segearth_jax import cli
+from segearth_jax import cli, errors
 
 
 def save_params(directory: str | Path, params: Any) -> None:
@@ -53,3 +54,15 @@ def read_model_spec(directory: str | Path) -> dict[str, Any]:
         raise cli.MissingFile(f"{path} is missing: {directory} is not a converted model (a "
                               "converter's --out) or a training export")
     return json.loads(path.read_text())
+
+
+def model_config(directory: str | Path, spec: dict[str, Any], from_config: Any) -> Any:
+    """`from_config(spec["model"])`, or a `BadValue` naming the model.json when its "model"
+    entry is missing or does not hold every size and knob (an older model.json stored a variant
+    name)."""
+    try:
+        return from_config(spec["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise errors.BadValue(f"{Path(directory) / 'model.json'}: its \"model\" entry does not "
+                              f"rebuild the model ({e}); a model.json of an older version: re-run "
+                              "the converter or re-export") from None

@@ -16,10 +16,8 @@ its traceback (status 1). `--help` exits 0.
         define_flags()
         cli.run_absl(main)
 
-Library code raises the subclasses below (each also an instance of the builtin it refines, so
-`except FileNotFoundError` keeps working); the project's own error classes (ConversionError,
-BadInput, RecordError, InputError, SceneError) subclass `UserError`. This module imports nothing
-heavy: records, readers and converters import it.
+Library code raises the classes of `segearth_jax.errors` (re-exported here for the programs);
+this module only formats them. It imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -31,24 +29,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from segearth_jax.errors import BadValue, MissingFile, OutputExists, UserError
+
+__all__ = ["BadValue", "MissingFile", "OutputExists", "UserError", "check_dir", "check_new_dir",
+           "entry_point", "fail", "require_flags", "run_absl"]
+
 EXIT_USER = 2  # an expected failure: one `error:` line; 1 (Python's default) is a bug
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
-
-
-class UserError(Exception):
-    """An expected failure the user can fix; the message is one line naming the file or flag."""
-
-
-class MissingFile(UserError, FileNotFoundError):
-    """A file, folder, checkpoint or dataset the command needs does not exist."""
-
-
-class OutputExists(UserError, FileExistsError):
-    """An output directory (`--out`) exists and is not empty."""
-
-
-class BadValue(UserError, ValueError):
-    """A flag or config value the program cannot use."""
 
 
 def fail(message: Any, status: int = EXIT_USER) -> NoReturn:
@@ -83,6 +70,16 @@ def _not_orbax_info(record: logging.LogRecord) -> bool:
     return record.levelno > logging.INFO or "orbax" not in record.pathname
 
 
+def _absl_flags_parsed() -> None:
+    """Marks absl's global flags parsed in an argparse program (absl programs parse them before
+    `main`): grain's worker processes read their `--grain_*` defaults, and would raise
+    UnparsedFlagAccessError otherwise. A program's concern, so library code never does it."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def entry_point(main: Callable[..., Any]) -> Callable[..., Any]:
     """Decorates a program's `main`: a `UserError` (or absl's `UsageError`) becomes one
     `error:` line and exit status 2; other exceptions propagate with their traceback."""
@@ -90,6 +87,7 @@ def entry_point(main: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         _quiet_logs()
+        _absl_flags_parsed()
         try:
             return main(*args, **kwargs)
         except UserError as e:
@@ -107,10 +105,24 @@ def entry_point(main: Callable[..., Any]) -> Callable[..., Any]:
 def run_absl(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> NoReturn:
     """`absl.app.run(main)` with one-line flag and config errors (status 2) and `--help`
     exiting 0 (absl's exits 1)."""
-    from absl import app
+    from absl import app, flags
 
+    module = getattr(main, "__module__", "__main__")
+    if module != "__main__":  # a console script: --help lists the flags of sys.argv[0]'s module
+        for flag in flags.FLAGS.get_key_flags_for_module(module):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(main, argv=None if argv is None else list(argv), flags_parser=parse_flags)
     sys.exit(0)  # app.run exits itself; never reached.
+
+
+def require_flags(*names: str) -> None:
+    """Marks absl flags required, and drops their `(default: 'None')` from `--help` (a required
+    flag has no default)."""
+    from absl import flags
+
+    flags.mark_flags_as_required(list(names))
+    for name in names:
+        flags.FLAGS[name].default_as_str = None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

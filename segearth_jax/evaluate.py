@@ -179,8 +179,8 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
     if preset not in metrics.PRESETS:
         raise cli.BadValue(f"--preset / config.eval.preset {preset!r}: one of "
                            f"{sorted(metrics.PRESETS)}")
-    mode = resolve_mode(mode or config.eval.get("mode", "auto"), preset)
-    questions = resolve_questions(questions or config.eval.get("questions", "auto"), preset)
+    mode = resolve_mode(mode or config.eval.mode, preset)
+    questions = resolve_questions(questions or config.eval.questions, preset)
     evaluator = metrics.Evaluator(metrics.PRESETS[preset])
     predictor = SegEarthPredictor(checkpoint_dir, max_new_tokens=config.eval.max_new_tokens,
                                   temperature=config.eval.temperature, seed=config.seed)
@@ -262,7 +262,8 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line (defined only when run as a program, so modules import freely)."""
-    config_flags.DEFINE_config_file("config", None, "the training configuration (data + eval)",
+    config_flags.DEFINE_config_file("config", None, "Required: the training configuration "
+                                    "file (its data and eval sections are used).",
                                     lock_config=True)
     flags.DEFINE_string("checkpoint", None, "a SegEarth-R2 model directory (training export or "
                         "convert.segearth_r2 output)")
@@ -276,7 +277,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("questions", None, [*QUESTIONS, "auto"], "all: every question of an image; "
                       "first: its first question only (the SegEarth-R1 EarthReason protocol) "
                       "(default: config.eval.questions)")
-    flags.mark_flags_as_required(["config", "checkpoint"])
+    cli.require_flags("config", "checkpoint")
 
 
 @cli.entry_point
@@ -289,6 +290,11 @@ def main(argv: list[str]) -> None:
              out=FLAGS.out, limit=FLAGS.limit, mode=FLAGS.mode, questions=FLAGS.questions)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The program (`python -m`, the console script): defines the flags, then runs `main`."""
     define_flags()
     cli.run_absl(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -98,7 +98,7 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
     if spec.get("kind") != "mipha":
         raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha' (a "
                            "convert.mipha output)")
-    cfg = MiphaConfig.from_variant(spec["variant"], **spec.get("overrides", {}))
+    cfg = checkpoint.model_config(directory, spec, MiphaConfig.from_config)
     model = Mipha(cfg)
     params = checkpoint.restore_params(directory)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, cfg.llm.param_dtype), params)
@@ -109,17 +109,21 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Generates an answer for one image and one instruction with a converted Mipha.
 
-    The image is squashed to the SigLIP size with OpenCV bicubic and normalized with
-    mean = std = 0.5 (the exact SigLIP view arrives with the input pipeline); with no --image, a
-    random image is used.
+    The image is read and squashed to the SigLIP size exactly as training, evaluation and
+    `predict` do (`records.load_image`, `preprocess.siglip_view`: Pillow's bicubic, mean = std
+    = 0.5); with no --image, a random image is used.
     """
     parser = argparse.ArgumentParser(description="Greedy generation with a converted Mipha.")
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True,
-                        help="directory written by convert.mipha (--model: the old spelling)")
-    parser.add_argument("--prompt", required=True, help="the instruction")
-    parser.add_argument("--image", default=None, help="image file (default: random pixels)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0)
+                        help="Required: a directory written by convert.mipha (--model: the old "
+                             "spelling).")
+    parser.add_argument("--prompt", required=True, help="Required: the instruction.")
+    parser.add_argument("--image", default=None,
+                        help="An image file (default: random pixels).")
+    parser.add_argument("--max-new-tokens", type=int, default=32,
+                        help="The longest answer, in tokens (default: %(default)s).")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="The sampling temperature; 0 is greedy (default: %(default)s).")
     args = parser.parse_args(argv)
 
     cli.check_dir(args.checkpoint, "--checkpoint",
@@ -130,13 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = model.config
     size = cfg.vision.image_size
     if args.image:
-        import cv2
+        from segearth_jax.input import preprocess, records
 
-        bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise cli.BadValue(f"--image {args.image}: not an image OpenCV can read")
-        rgb = cv2.resize(bgr[..., ::-1], (size, size), interpolation=cv2.INTER_CUBIC)
-        pixels = (rgb.astype(np.float32) / 255.0 - 0.5) / 0.5
+        pixels = preprocess.siglip_view(records.load_image(args.image, "--image"), size)
     else:
         pixels = np.random.default_rng(0).uniform(-1, 1, (size, size, 3)).astype(np.float32)
     tok = text.load_tokenizer(Path(args.checkpoint) / "tokenizer")

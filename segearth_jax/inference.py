@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segearth_jax import checkpoint, cli, sharding, text
+from segearth_jax import checkpoint, errors, sharding, text
 from segearth_jax.generate import generate
 from segearth_jax.input.settings import Settings
 
@@ -35,9 +35,9 @@ class SegEarthPredictor:
 
         spec = checkpoint.read_model_spec(directory)
         if spec.get("kind") != "segearth_r2":
-            raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected "
+            raise errors.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected "
                              "'segearth_r2' (a convert.segearth_r2 output or a training export)")
-        self.config = SegEarthR2Config.from_config(spec["model"])
+        self.config = checkpoint.model_config(directory, spec, SegEarthR2Config.from_config)
         self.model = SegEarthR2(self.config)
         self.geometry = Settings.from_spec(spec)  # the inputs it was trained on
         self.geometry.check_model(self.config)

@@ -49,23 +49,22 @@ SOURCES = (
 # precision, kernels, rematerialization, dropout, LoRA (fresh factors), the attention probe.
 # Every other field of `SegEarthR2Config` (sizes, vocabulary rows, lm_head bias, FPN style, norm
 # epsilons, ...) is the checkpoint's structure and must agree (`check_structure`).
-RUN_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "remat", "remat_policy", "lora",
+RUN_FIELDS = frozenset({"dtype", "param_dtype", "attention_impl", "scan", "remat_policy", "lora",
                         "resid_pdrop", "embd_pdrop", "seg_probe_heads"})
 
 
-def checkpoint_structure(spec: dict[str, Any], key: str) -> Any | None:
+def checkpoint_structure(spec: dict[str, Any], key: str, source: str) -> Any | None:
     """The model config a `model.json` records for the `config.init.<key>` route: the whole
     `SegEarthR2Config` (kind segearth_r2: convert.segearth_r2 or a training export), a
     `MiphaConfig` (kind mipha, convert.mipha) or a `SegHeadConfig` (kind seg_head,
-    convert.mask2former); None for another kind (the key check alone applies)."""
-    kind = spec["kind"]
-    if key == "checkpoint" and kind == "segearth_r2":
-        return SegEarthR2Config.from_config(spec["model"])
-    if key == "mllm" and kind == "mipha":
-        return MiphaConfig.from_variant(spec["variant"], **spec["overrides"])
-    if key == "seg_head" and kind == "seg_head":
-        return SegHeadConfig.from_variant(spec["variant"])
-    return None
+    convert.mask2former); None for another kind (the key check alone applies). A model.json
+    that does not rebuild its model (an older version's) is one `BadValue` naming it."""
+    kinds = {"checkpoint": ("segearth_r2", SegEarthR2Config), "mllm": ("mipha", MiphaConfig),
+             "seg_head": ("seg_head", SegHeadConfig)}
+    kind, cls = kinds[key]
+    if spec["kind"] != kind:
+        return None
+    return checkpoint.model_config(source, spec, cls.from_config)
 
 
 def _fields(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -82,24 +81,16 @@ def _fields(cfg: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     return out
 
 
-# Config parts whose keys `from_config` hands to a sub-config: `model.mllm.<k>` sets the LLM's
-# field k, `model.seg_head.<k>` the mask decoder's.
-_FLATTENED = (("mllm", "llm"), ("seg_head", "decoder"))
-
-
 def _config_key(model_config: Any, path: tuple[str, ...]) -> str | None:
     """The `config.model` key that sets the field at `path` (e.g. ("mllm", "llm", "vocab_size")
-    -> "model.mllm.vocab_size"); None when no key of the config sets it."""
-    candidates = [path] + [path[:1] + path[2:] for part in _FLATTENED if path[:2] == part]
-    for cand in candidates:
-        node = model_config
-        for part in cand:
-            if not (hasattr(node, "keys") and part in node.keys()):
-                break
-            node = node[part]
-        else:
-            return "model." + ".".join(cand)
-    return None
+    -> "model.mllm.llm.vocab_size"); None for a field derived from others (the pixel decoder's
+    `in_channels`, the decoder's widths: `SegHeadConfig.from_config`)."""
+    node = model_config
+    for part in path:
+        if not (hasattr(node, "keys") and part in node.keys()):
+            return None
+        node = node[part]
+    return "model." + ".".join(path)
 
 
 def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) -> None:
@@ -107,7 +98,7 @@ def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) ->
     checkpoint's `model.json` (`spec`) and `config.model` build different models for the
     `config.init.<key>` route, each with the flag that makes the config follow the checkpoint.
     Checked, not taken over: the config stays the one description of the model trained."""
-    found = checkpoint_structure(spec, key)
+    found = checkpoint_structure(spec, key, source)
     if found is None:
         return
     prefix = () if key == "checkpoint" else (key,)
@@ -120,7 +111,7 @@ def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) ->
             continue
         name = _config_key(config.model, path)
         fix = (f"set --config.{name}={have[path]!r}" if name else
-               f"no config key sets it: choose the model.{path[0]}.variant that has it")
+               "derived from other fields: set those")
         errors.append(f"{'.'.join(path)}: the checkpoint has {have[path]!r}, the config "
                       f"builds {built[path]!r}: {fix}")
     if errors:
@@ -190,7 +181,7 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
     flat_target = _flat(target)
     leaves: dict[str, jax.Array] = {}
     for key, prefix, missing_ok in SOURCES:
-        directory = config.init.get(key)
+        directory = config.init[key]
         if not directory:
             continue
         if (Path(directory) / "model.json").exists():

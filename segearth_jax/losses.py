@@ -1,4 +1,4 @@
-"""Training losses of SegEarth-R2 (docs/design.md section 3): pure, jit-friendly functions of
+"""Training losses of SegEarth-R2 (docs/conventions.md, Losses): pure, jit-friendly functions of
 arrays.
 
 `L = text_weight * L_text + bce_weight * L_bce + dice_weight * L_dice
@@ -22,29 +22,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from segearth_jax.models.resample import bilinear_taps, resize_bilinear
+from segearth_jax.constants import IGNORE_INDEX
+from segearth_jax.resample import bilinear_taps, resize_bilinear
 
-IGNORE_INDEX = -100
 SPATIAL_VARIANTS = ("paper", "official", "none")
-
-
-def default_loss_config() -> ml_collections.ConfigDict:
-    """Loss hyper-parameters (paper / official code values)."""
-    return ml_collections.ConfigDict(dict(
-        text_weight=1.0,  # The paper's L_text has weight 1.
-        bce_weight=5.0,
-        dice_weight=5.0,
-        num_points=12544,  # 112 * 112, Mask2Former's TRAIN_NUM_POINTS.
-        oversample_ratio=3.0,
-        importance_sample_ratio=0.75,
-        full_resolution=False,  # True: BCE + Dice on every pixel of the upsampled logits.
-        spatial_weight=0.01,  # lambda_S.
-        spatial_variant="paper",  # 'paper' | 'official' | 'none'.
-        spatial_divide_by_all_rows=False,  # paper variant: True = official row normalization.
-        spatial_eps=1e-8,
-    ))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +267,7 @@ def loss_denominators(batch: dict[str, jax.Array], config: Any) -> dict[str, jax
     grid = batch["masks_grid"]
     nonempty = (grid.reshape(*grid.shape[:2], -1) != 0).any(-1)
     official = config.spatial_variant == "official"
-    all_rows = official or getattr(config, "spatial_divide_by_all_rows", False)
+    all_rows = official or config.spatial_divide_by_all_rows
     return {"text": (labels[:, 1:] != IGNORE_INDEX).sum(dtype=jnp.int32),
             "masks": valid.sum(dtype=jnp.int32),
             "spatial": (valid if all_rows else valid & nonempty).sum(dtype=jnp.int32)}
@@ -300,7 +282,7 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
       (head mean) or [Lyr, B, H, Q, N] (all heads); not needed when spatial_variant is 'none'.
     batch: `labels` [B, T], `masks` [B, Q, H, W] uint8, `masks_grid` [B, Q, g, g] (nonzero =
       foreground, N = g * g), `seg_valid` [B, Q] bool.
-    config: attributes of `default_loss_config()`.
+    config: `config.loss` (its keys: configs/segearth_r2.py).
     denominators: `loss_denominators` of the whole batch when `batch` is one of its
       micro-batches (None: this batch's own counts).
     num_heads: the LLM's attention heads; the official spatial variant sums over heads, so it
@@ -331,11 +313,11 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
                              "([B, Q, g, g], N = g * g)")
         if attn.ndim == 5:  # all heads sown: [Lyr, B, H, Q, N].
             num_heads, attn = attn.shape[2], attn.mean(axis=2)
-        eps = getattr(config, "spatial_eps", 1e-8)
+        eps = config.spatial_eps
         if variant == "paper":
             spatial = spatial_loss_paper(
                 attn.mean(axis=0), target, valid, eps=eps,
-                divide_by_all_rows=getattr(config, "spatial_divide_by_all_rows", False),
+                divide_by_all_rows=config.spatial_divide_by_all_rows,
                 denominator=den.get("spatial"))
         else:
             if num_heads is None:
@@ -344,7 +326,7 @@ def segearth_loss(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], rn
             spatial = spatial_loss_official(attn, num_heads, target, valid, eps=eps,
                                             denominator=den.get("spatial"))
 
-    loss = (getattr(config, "text_weight", 1.0) * text + config.bce_weight * bce
+    loss = (config.text_weight * text + config.bce_weight * bce
             + config.dice_weight * dice + config.spatial_weight * spatial)
     metrics = dict(loss=loss, text_loss=text, bce_loss=bce, dice_loss=dice,
                    spatial_loss=spatial, n_masks=valid.sum(dtype=jnp.int32), n_tokens=n_tokens)

@@ -1,4 +1,5 @@
-"""Segmentation metrics with the published conventions made explicit (docs/design.md section 6).
+"""Segmentation metrics with the published conventions made explicit (docs/conventions.md,
+Generation and evaluation).
 
 Per GT mask: I = |pred & gt|, U = |pred | gt|, IoU = I / U, and U = 0 (both masks empty) scores
 `empty_union` (1.0 in SegEarth/LISA, 0.0 in RMSIN). Exact I / U is used; the official SegEarth-R1

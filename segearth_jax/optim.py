@@ -1,4 +1,4 @@
-"""Optimizer and the trainable/frozen split (docs/design.md sections 2 and 7).
+"""Optimizer and the trainable/frozen split (docs/conventions.md, Optimization).
 
 Which parameters train is a list of regexes over '/'-joined parameter paths (config
 `trainable`); everything else is frozen: it gets no gradient and no optimizer state.
@@ -76,7 +76,7 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
     chain.append(optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
                              weight_decay=o.weight_decay))
     tx = optax.chain(*chain)
-    if o.get("flatten", False) and config.mesh.fsdp == 1:
+    if o.flatten and config.mesh.fsdp == 1:
         # One vector for all trainable leaves: a few large kernels instead of several per leaf
         # (small models on a CPU: faster step and compile). It gathers the leaves into one
         # array, so it is skipped on an fsdp mesh (sharded parameters stay sharded).

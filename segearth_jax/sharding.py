@@ -1,4 +1,4 @@
-"""Device mesh and sharding rules (docs/design.md section 7).
+"""Device mesh and sharding rules (docs/architecture.md section 4).
 
 One 2-D mesh with axes `data` and `fsdp`. The batch is split over both axes (FSDP is data
 parallel too); a parameter (and its optimizer state) is split over `fsdp` along its largest
@@ -25,12 +25,12 @@ def maybe_initialize_distributed(config: Any) -> None:
     optional `coordinator_address`, `num_processes`, `process_id`, and `cpu_collectives`
     (CPU-only runs: "gloo"). Must run before anything initializes a JAX backend.
     """
-    d = config.get("distributed")
-    if not d or not d.get("enabled", False):
+    d = config.distributed
+    if not d.enabled:
         return
     kwargs = {k: d[k] for k in ("coordinator_address", "num_processes", "process_id")
-              if d.get(k) is not None}
-    if d.get("cpu_collectives"):  # CPU processes need a collectives backend (e.g. "gloo")
+              if d[k] is not None}
+    if d.cpu_collectives:  # CPU processes need a collectives backend (e.g. "gloo")
         jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
     jax.distributed.initialize(**kwargs)
 

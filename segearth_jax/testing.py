@@ -5,7 +5,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from segearth_jax.train import example_batch
+from segearth_jax.constants import IGNORE_INDEX
+from segearth_jax.input.batch import example_batch
 
 
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -23,7 +24,7 @@ def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, 
     ids = r.integers(1, 400, (b, d.max_len)).astype(np.int32)
     ids[:, 3:3 + n_img] = d.image_token_id
     batch["input_ids"] = ids
-    labels = np.full((b, d.max_len), -100, np.int32)
+    labels = np.full((b, d.max_len), IGNORE_INDEX, np.int32)
     labels[:, a:a + 20] = ids[:, a:a + 20]
     batch["labels"] = labels
     batch["siglip_pixels"] = r.uniform(-1, 1, batch["siglip_pixels"].shape).astype(np.float32)

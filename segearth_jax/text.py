@@ -1,4 +1,4 @@
-"""Prompt template and tokenization (docs/design.md section 4).
+"""Prompt template and tokenization (docs/conventions.md, Prompt and text).
 
 Mipha's `phi-2` conversation (style TWO): system text, roles USER/ASSISTANT, sep " ",
 sep2 `<|endoftext|>`. `<image>` in a prompt expands to the image-token span: `n_image_tokens`

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from segearth_jax import checkpoint, cli, losses, optim, sharding
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
+from segearth_jax.input.batch import example_batch
 from segearth_jax.input.settings import Settings
 from segearth_jax.models.lora import merge_lora
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config, seg_attention
@@ -47,22 +48,6 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict) -> SegEarthR2:
     return SegEarthR2(SegEarthR2Config.from_config(config.model))
-
-
-def example_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-    """Zeros with the pipeline's train-batch shapes (for init and compilation)."""
-    d = config.data
-    s, g, q = d.image_size, d.siglip_size // d.patch_size, d.max_seg
-    return {
-        "input_ids": np.zeros((batch_size, d.max_len), np.int32),
-        "labels": np.full((batch_size, d.max_len), -100, np.int32),
-        "siglip_pixels": np.zeros((batch_size, d.siglip_size, d.siglip_size, 3), np.float32),
-        "pixels": np.zeros((batch_size, s, s, 3), np.float32),
-        "seg_positions": np.full((batch_size, q), -1, np.int32),
-        "seg_valid": np.zeros((batch_size, q), bool),
-        "masks": np.zeros((batch_size, q, s, s), np.uint8),
-        "masks_grid": np.zeros((batch_size, q, g, g), np.float32),
-    }
 
 
 def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
@@ -84,8 +69,8 @@ def random_params(config: ml_collections.ConfigDict, model: SegEarthR2):
 
 
 def accum_steps(config: ml_collections.ConfigDict) -> int:
-    """Micro-batches per step (`optim.accum_steps`, default 1)."""
-    k = int(config.optim.get("accum_steps", 1) or 1)
+    """Micro-batches per step (`optim.accum_steps`)."""
+    k = config.optim.accum_steps
     if k < 1 or config.data.batch_size % k:
         raise ValueError(f"optim.accum_steps={k} must be >= 1 and divide data.batch_size="
                          f"{config.data.batch_size}")
@@ -300,11 +285,11 @@ def export(directory: Path, config: ml_collections.ConfigDict, params: dict, tok
     """A merged-LoRA inference checkpoint (kind `segearth_r2`, LoRA rank 0) for evaluate/predict."""
     import shutil
 
-    lora = dict(config.model.mllm.lora)
+    lora = dict(config.model.mllm.llm.lora)
     scaling = lora["alpha"] / lora["rank"] if lora["rank"] else 0.0
     merged = jax.device_get(merge_lora(params, scaling)) if lora["rank"] else jax.device_get(params)
     model = config.model.to_dict()
-    model["mllm"]["lora"] = {**lora, "rank": 0, "dropout": 0.0}
+    model["mllm"]["llm"]["lora"] = {**lora, "rank": 0, "dropout": 0.0}
     if jax.process_index() == 0:
         if directory.exists():
             shutil.rmtree(directory)
@@ -359,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         state = restore(mngr, state, data_iter)
         logging.info("resumed from %s at step %d", workdir, int(state.step))
     state, last = _loop(trainer, state, frozen, data_iter, mngr, workdir, on_step)
-    if int(jax.device_get(state.step)) >= config.total_steps and config.get("export", True):
+    if int(jax.device_get(state.step)) >= config.total_steps and config.export:
         params = optim.merge_params(jax.device_get(state.params), jax.device_get(frozen))
         export(workdir / "export", config, params, tokenizer_dir)
         if jax.process_index() == 0:
@@ -452,9 +437,13 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line (defined only when run as a program, so modules import freely)."""
-    config_flags.DEFINE_config_file("config", None, "training configuration file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "where checkpoints, logs and the export go")
-    flags.mark_flags_as_required(["config", "workdir"])
+    config_flags.DEFINE_config_file(
+        "config", None, "Required: the training configuration file, e.g. "
+        "configs/segearth_r2.py:lasers; override its keys with --config.<key>=<value>.",
+        lock_config=True)
+    flags.DEFINE_string("workdir", None, "Required: the directory for checkpoints, logs and "
+                        "the exported model.")
+    cli.require_flags("config", "workdir")
 
 
 @cli.entry_point
@@ -468,6 +457,11 @@ def main(argv: list[str]) -> None:
         cli.fail(e, status=1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The program (`python -m`, the console script): defines the flags, then runs `main`."""
     define_flags()
     cli.run_absl(main)
+
+
+if __name__ == "__main__":
+    run()

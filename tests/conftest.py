@@ -14,6 +14,11 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity on every backend.
+# Tests call loaders with grain workers outside a program's entry point (segearth_jax/cli.py):
+# the workers read absl's flag defaults, which need the flags marked parsed.
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
 
 # Key lists of the real checkpoints we convert (tests/reference/README.md says how sure each is).
 REFERENCE = Path(__file__).resolve().parent / "reference"

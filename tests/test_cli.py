@@ -21,8 +21,9 @@ from segearth_jax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ["segearth_jax.train", "segearth_jax.evaluate", "segearth_jax.predict",
-            "segearth_jax.generate", "convert.mipha", "convert.swin", "convert.mask2former",
-            "convert.segearth_r2", "convert.tiny_mipha", "data.builders", "data.synthetic"]
+            "segearth_jax.generate", "segearth_jax.app", "convert.mipha", "convert.swin",
+            "convert.mask2former", "convert.segearth_r2", "convert.tiny_mipha", "data.builders",
+            "data.synthetic", "experiments.eval_protocols"]
 
 
 def _cases(t: Path) -> dict[str, tuple[list[str], list[str], bool]]:
@@ -75,9 +76,16 @@ def _cases(t: Path) -> dict[str, tuple[list[str], list[str], bool]]:
                                     str(t / "full")], ["--out", str(t / "full")], False),
         "converter_missing_src": (["convert.segearth_r2", "--src", str(t / "no_src"), "--out",
                                    str(t / "o2")], ["--src", str(t / "no_src")], False),
-        "builders_missing_manual_dir": (["data.builders", "lasers", "--manual_dir",
-                                         str(t / "raw"), "--data_dir", str(t / "tfds")],
-                                        ["--manual_dir", str(t / "raw")], False),
+        "builders_missing_manual_dir": (["data.builders", "lasers", "--manual-dir",
+                                         str(t / "raw"), "--data-dir", str(t / "tfds")],
+                                        ["--manual-dir", str(t / "raw")], False),
+        "builders_old_flag_spelling": (["data.builders", "lasers", "--manual_dir",
+                                        str(t / "raw"), "--data_dir", str(t / "tfds")],
+                                       ["--manual-dir", str(t / "raw")], False),
+        "app_missing_checkpoint": (["segearth_jax.app", "--checkpoint", ckpt],
+                                   ["--checkpoint", ckpt], False),
+        "app_not_a_model": (["segearth_jax.app", "--checkpoint", str(t / "not_a_model")],
+                            [str(t / "not_a_model"), "model.json"], False),
         "synthetic_existing_out": (["data.synthetic", "--out", str(t / "full"), "--n", "2"],
                                    ["--out", str(t / "full"), "--overwrite"], False),
     }
@@ -114,6 +122,7 @@ def test_help_exits_0(results, program):
     "evaluate_missing_checkpoint", "predict_missing_checkpoint", "predict_not_a_model",
     "predict_missing_image", "generate_missing_checkpoint", "mipha_truncated_shard",
     "converter_existing_out", "converter_missing_src", "builders_missing_manual_dir",
+    "builders_old_flag_spelling", "app_missing_checkpoint", "app_not_a_model",
     "synthetic_existing_out"])
 def test_expected_failure_is_one_line(results, case):
     p, needles, progress = results[case]
@@ -173,3 +182,48 @@ def test_library_raise_sites_are_user_errors(tmp_path):
     with pytest.raises(ConversionError, match="cut.safetensors") as e:
         list(read_safetensors(shard))
     assert isinstance(e.value, cli.UserError)
+
+
+# argparse programs (the absl ones print their flags' own help strings, checked by `--help`).
+ARGPARSE_PROGRAMS = ["segearth_jax.generate", "segearth_jax.app", "convert.mipha",
+                     "convert.swin", "convert.mask2former", "convert.segearth_r2",
+                     "convert.tiny_mipha", "data.builders", "data.synthetic"]
+
+
+@pytest.mark.parametrize("program", ARGPARSE_PROGRAMS)
+def test_help_texts_are_full_sentences(program, monkeypatch):
+    """The description and every option's help end a sentence; required options say so."""
+    import argparse
+    import importlib
+
+    class Parsed(Exception):
+        pass
+
+    seen = []
+
+    def capture(self, *args, **kwargs):
+        seen.append(self)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(Parsed):
+        importlib.import_module(program).main([])
+    (parser,) = seen
+    description = " ".join((parser.description or "").split())
+    assert description.endswith((".", ":")), description
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.rstrip().endswith("."), (action.dest, action.help)
+        if action.required and action.option_strings:
+            assert action.help.startswith("Required"), (action.dest, action.help)
+
+
+@pytest.mark.parametrize("program", ["segearth_jax.train", "segearth_jax.evaluate",
+                                     "experiments.eval_protocols"])
+def test_absl_required_flags_say_so_without_a_default(results, program):
+    """`--config` of the absl programs reads 'Required' and shows no `(default: 'None')`."""
+    text = results[f"help:{program}"][0].stdout
+    start = text.index("  --config:")
+    entry = text[start:text.index("\n  --", start + 1)]
+    assert "Required" in entry and "default" not in entry, entry

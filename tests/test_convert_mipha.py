@@ -80,7 +80,8 @@ def test_bin_loading_never_runs_pickled_code(tmp_path, monkeypatch):
 def test_cli_converts_and_refuses_a_nonempty_out(tiny_checkpoint, tmp_path, capsys):
     mipha.main(["--src", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--no-lm-head-bias"])
     spec = json.loads((tmp_path / "o" / "model.json").read_text())
-    assert spec["variant"] == "tiny" and spec["overrides"] == {"lm_head_bias": False}
+    assert spec["model"] == MiphaConfig.from_variant(
+        "tiny", llm=dict(lm_head_bias=False)).to_config()  # every size, from the source
     params = checkpoint.restore_params(tmp_path / "o")
     assert "bias" not in params["llm"]["lm_head"]
     assert params["llm"]["lm_head"]["kernel"].dtype == np.dtype("bfloat16")
@@ -100,7 +101,7 @@ def _reference_source(drop=()):
 
 @pytest.mark.parametrize("lm_head_bias", [True, False])
 def test_full_size_layout_matches_every_reference_key(lm_head_bias):
-    cfg = MiphaConfig.from_variant("mipha3b", lm_head_bias=lm_head_bias)
+    cfg = MiphaConfig.from_variant("mipha3b", llm=dict(lm_head_bias=lm_head_bias))
     unused, missing_ok = mipha.gaps(cfg)
     expected = mipha.expected_params(cfg)  # jax.eval_shape: no weights allocated
     got = convert_tensors(_reference_source(), mipha.rules(), expected, unused=unused,
@@ -131,3 +132,60 @@ def test_split_rule_fills_several_targets_from_one_fused_tensor():
     got = convert_tensors(iter([("attn.qkv.weight", lambda: fused, 0)]), [rule], expected)
     for i, n in enumerate("qkv"):
         np.testing.assert_array_equal(got[n]["kernel"], fused[2 * i: 2 * i + 2].T)
+
+
+def test_any_size_converts_and_reloads(tmp_path):
+    """A Mipha of no preset's size (Phi with 3 layers, SigLIP with 4, other MLP widths):
+    the converter reads the sizes from the source, model.json stores them, and the model
+    rebuilt from model.json alone matches the PyTorch modules (fp32, 1e-4)."""
+    from convert import tiny_mipha
+    from segearth_jax.generate import load_model
+
+    cfg = MiphaConfig.from_variant("tiny", vision=dict(depth=4, mlp_dim=48),
+                                   llm=dict(num_layers=3, intermediate_size=96))
+    src = tiny_mipha.write_checkpoint(tmp_path / "src", config=cfg, seed=3)
+    out = mipha.convert(src, tmp_path / "out", dtype="float32")  # no --variant
+    spec = json.loads((out / "model.json").read_text())
+    assert (spec["model"]["llm"]["num_layers"], spec["model"]["vision"]["depth"]) == (3, 4)
+    model, params = load_model(out)
+    assert model.config == cfg
+    phi, siglip, projector = tiny_mipha.torch_modules(3, config=cfg)
+    ids = np.random.default_rng(0).integers(0, 512, (2, 12)).astype(np.int32)
+    logits, _ = model.apply({"params": params}, ids)
+    pixels = np.random.default_rng(1).normal(size=(1, 56, 56, 3)).astype(np.float32)
+    tokens = model.apply({"params": params}, pixels, method=model.encode_images)
+    with torch.no_grad():
+        ref_logits = phi(torch.from_numpy(ids).long()).logits.numpy()
+        hidden = siglip(torch.from_numpy(pixels).permute(0, 3, 1, 2),
+                        output_hidden_states=True).hidden_states[-2]
+        ref_tokens = projector(hidden).numpy()
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(tokens, ref_tokens, atol=1e-4, rtol=0)
+
+
+def test_sizes_that_disagree_with_config_json_are_refused(tmp_path):
+    from convert import tiny_mipha
+
+    src = tiny_mipha.write_checkpoint(tmp_path / "src")
+    hf = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**hf, "num_hidden_layers": 5}))
+    with pytest.raises(ConversionError, match="num_hidden_layers: 5 in config.json, 2 in"):
+        mipha.convert(src, tmp_path / "out")
+
+
+def test_sizes_inferred_from_the_real_layout_are_the_mipha3b_preset():
+    """The sizes `source_sizes` reads from Mipha-3B's tensor shapes (its published key list)
+    rebuild exactly the `mipha3b` preset (SigLIP 27 x 1152 at 384 / 14, Phi-2 32 x 2560)."""
+    shapes = {}
+    for line in (REFERENCE / "mipha3b_keys.tsv").read_text().splitlines():
+        name, shape, _ = line.split("\t")
+        shapes[name] = ast.literal_eval(shape)
+    hf = {"hidden_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 32,
+          "intermediate_size": 10240, "partial_rotary_factor": 0.4, "vocab_size": 51200}
+    vision, llm = mipha.source_sizes(shapes, hf, "mipha3b_keys.tsv")
+    preset = MiphaConfig.from_variant("mipha3b")
+    assert mipha.preset_for(vision, llm, "mipha3b_keys.tsv") == "mipha3b"
+    rebuilt = MiphaConfig.from_variant("mipha3b", vision=mipha.with_image_size(vision, preset),
+                                       llm=llm)
+    assert rebuilt == preset
+    assert (vision["depth"], vision["grid"], llm["num_layers"]) == (27, 27, 32)

@@ -136,7 +136,7 @@ def test_every_parameter_is_its_source_tensor(official, converted, tiny_params):
 
 def test_converted_model_rebuilds_and_runs(official, converted):
     spec = checkpoint.read_model_spec(converted)
-    assert spec["kind"] == "segearth_r2" and spec["model"]["mllm"]["lora"]["rank"] == 0
+    assert spec["kind"] == "segearth_r2" and spec["model"]["mllm"]["llm"]["lora"]["rank"] == 0
     cfg = SegEarthR2Config.from_config(spec["model"])
     assert cfg == conv.model_config("tiny") and not cfg.mllm.llm.lm_head_bias
     params = checkpoint.restore_params(converted, conv.expected_params(cfg))  # tree + dtypes
@@ -235,3 +235,27 @@ def test_full_size_layout_matches_every_key_of_the_real_checkpoint():
     n_params = sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(got))
     assert 3.2e9 < n_params < 3.4e9, n_params  # Mipha-3B (26 SigLIP layers) + Swin-B M2F head
     assert got["seg_projector"]["kernel"].shape == (2560, 256)
+
+
+def test_any_size_converts_and_reloads(official, tmp_path):
+    """A merged checkpoint of no preset's size (the tiny one with its deeper layers dropped: Phi
+    with 1 layer, SigLIP with 2): the converter reads the sizes from the tensor shapes,
+    model.json stores them, and the model rebuilt from model.json alone holds the source
+    tensors and takes the inputs model.json describes."""
+    from segearth_jax.input.settings import Settings
+
+    drop = ("model.layers.1.", "model.vision_tower.vision_model.encoder.layers.2.")
+    sd = {k: v for k, v in official[0].items() if not k.startswith(drop)}
+    out = conv.convert(_write(sd, tmp_path / "src"), tmp_path / "out", dtype="float32")
+    spec = checkpoint.read_model_spec(out)
+    assert spec["model"]["mllm"]["llm"]["num_layers"] == 1
+    assert spec["model"]["mllm"]["vision"]["depth"] == 2
+    cfg = SegEarthR2Config.from_config(spec["model"])
+    assert cfg.mllm.vision_layers == 1 and cfg != conv.model_config("tiny")
+    Settings.from_spec(spec).check_model(cfg)
+    ours = flatten_dict(checkpoint.restore_params(out, conv.expected_params(cfg)), sep="/")
+    np.testing.assert_array_equal(ours["mllm/llm/model/layers/mlp/fc1/kernel"],
+                                  sd["model.layers.0.mlp.fc1.weight"].T[None])
+    np.testing.assert_array_equal(
+        ours["mllm/vision_tower/layers/fc1/kernel"],
+        sd["model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].T[None])

@@ -14,7 +14,7 @@ TOL = 1e-4  # fp32 max abs error.
 
 def _with_lora(base_params, lora: LoRAConfig, seed=0):
     """Base params plus freshly initialized LoRA factors."""
-    model = Mipha(MiphaConfig.from_variant("tiny", lora=lora))
+    model = Mipha(MiphaConfig.from_variant("tiny", llm=dict(lora=lora)))
     ids, px = np.zeros((1, 4), np.int32), np.zeros((1, 56, 56, 3), np.float32)
     fresh = model.init(jax.random.key(seed), ids, px)["params"]
     merged = jax.tree_util.tree_map(lambda x: x, fresh)
@@ -61,7 +61,7 @@ def test_lora_output_equals_merged_weights(tiny_params):
 @pytest.mark.parametrize("targets", [r".*/(q_proj|v_proj)", r".*/mlp/fc[12]", r".*self_attn/dense"])
 def test_target_paths_match_the_regex(targets):
     lora = LoRAConfig(rank=2, targets=targets)
-    model = Mipha(MiphaConfig.from_variant("tiny", lora=lora))
+    model = Mipha(MiphaConfig.from_variant("tiny", llm=dict(lora=lora)))
     params = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
     with_lora = set(lora_module_paths(params))
     dense_paths = {p for p in _module_paths(params["llm"], "llm") if p.rsplit("/", 1)[-1]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.mask2former import modeling_mask2former as m2f
 
+from configs import segearth_r2 as segearth_r2_config
 from convert.mask2former import hf_config
 from segearth_jax import losses
 
@@ -431,7 +432,7 @@ def _combiner_inputs(seed=0):
 
 
 def _config(**overrides):
-    cfg = losses.default_loss_config()
+    cfg = segearth_r2_config.base().loss
     cfg.num_points = 24
     cfg.update(overrides)
     return cfg

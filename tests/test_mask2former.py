@@ -14,6 +14,7 @@ from convert import mask2former
 from convert.common import ConversionError, convert_tensors
 from segearth_jax import checkpoint
 from segearth_jax.models.seg_head import SegHead, SegHeadConfig
+from segearth_jax.models.swin import SwinConfig
 from tests.conftest import REFERENCE
 from tests.test_swin import _official_state_dict as _official_swin_state_dict
 
@@ -46,7 +47,8 @@ def _queries(hf_model, batch):
 
 
 def _ours(params, pixels, queries):
-    cfg = SegHeadConfig.from_variant("tiny", independent_queries=False)  # HF mixes its queries
+    # HF mixes its queries
+    cfg = SegHeadConfig.from_variant("tiny", decoder=dict(independent_queries=False))
     return SegHead(cfg).apply({"params": params}, pixels, queries)
 
 
@@ -169,3 +171,21 @@ def test_full_size_layout_matches_all_650_reference_keys():
     got = convert_tensors(iter(source), mask2former.rules(), expected,
                           unused=mask2former.unused(), dry_run=True)
     assert len(jax.tree_util.tree_leaves(got)) == len(jax.tree_util.tree_leaves(expected))
+
+
+def test_sizes_inferred_from_the_real_layout_are_the_swin_b_preset():
+    """The sizes `source_sizes` reads from the real checkpoint's shapes (its published key
+    list) rebuild exactly the `swin-b` preset."""
+    shapes = {}
+    for line in (REFERENCE / "mask2former_swinb_coco_panoptic_keys.tsv"
+                 ).read_text().splitlines():
+        name, shape, _ = line.split("\t")
+        shapes[name] = ast.literal_eval(shape)
+    prefixes = ("backbone.", "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.")
+    sizes = mask2former.source_sizes(shapes, prefixes, "reference")
+    assert sizes["swin"]["depths"] == (2, 2, 18, 2) and sizes["swin"]["window_size"] == 12
+    # The Swin backbone entirely from the shapes (over the tiny preset: nothing of it left)...
+    assert SwinConfig.from_variant("tiny", **sizes["swin"]) == SwinConfig.from_variant("B/12")
+    # ... the decoders' head counts and sampling points from the preset.
+    assert SegHeadConfig.from_variant("swin-b", **sizes) == SegHeadConfig.from_variant("swin-b")
+    assert sizes["decoder"]["num_layers"] == 9 and sizes["pixel_decoder"]["encoder_layers"] == 6

@@ -106,22 +106,28 @@ def test_padded_queries_do_not_change_valid_ones(params):
         np.testing.assert_allclose(padded[:, :, :2], alone, atol=TOL, rtol=0)
 
 
-def test_remat_gives_the_same_predictions_and_gradients(params):
-    """`remat=True` (each scanned round recomputed in the backward): same values (fp32)."""
+def test_remat_and_scan_off_give_the_same_predictions_and_gradients(params):
+    """`remat_policy="full"` (each scanned round recomputed in the backward) and `scan=False`
+    (the rounds unrolled; forward only, to keep its compile short): the values and gradients
+    of the plain scan (fp32)."""
     feats, mask_feats, queries = _inputs(5, 2, 2)
 
-    def loss(p, remat):
-        model = MaskedTransformerDecoder(
-            MaskDecoderConfig.from_variant("tiny", num_layers=LAYERS, remat=remat))
+    def loss(p, knobs):
+        scan, policy = knobs
+        model = MaskedTransformerDecoder(MaskDecoderConfig.from_variant(
+            "tiny", num_layers=LAYERS, scan=scan, remat_policy=policy))
         return jax.numpy.sum(jax.numpy.tanh(model.apply({"params": p}, queries, feats,
                                                         mask_feats)))
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    (plain, g_plain), (remat, g_remat) = grad(params, False), grad(params, True)
-    assert abs(float(plain) - float(remat)) <= TOL * max(1.0, abs(float(plain)))
+    plain, g_plain = grad(params, (True, "none"))
     assert float(np.abs(np.asarray(g_plain["head"]["mask_embed_0"]["kernel"])).max()) > 0
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
+    value, g = grad(params, (True, "full"))
+    assert abs(float(plain) - float(value)) <= TOL * max(1.0, abs(float(plain)))
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g), strict=True):
         assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= TOL
+    unrolled = jax.jit(loss, static_argnums=1)(params, (False, "none"))
+    assert abs(float(plain) - float(unrolled)) <= TOL * max(1.0, abs(float(plain)))
 
 
 def test_layers_not_a_multiple_of_the_levels_are_refused():

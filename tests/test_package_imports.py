@@ -44,3 +44,67 @@ def test_no_segearth_jax_source_imports_data():
             found += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
                       if n == "data" or n.startswith("data.")]
     assert not found, f"segearth_jax imports the data folder: {found}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """segearth_jax module -> the segearth_jax modules it imports (anywhere in the file, inside
+    functions too); `from segearth_jax.x import y` counts as an edge to `segearth_jax.x.y`
+    when that is a module, else to `segearth_jax.x`."""
+    root = REPO / "segearth_jax"
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                edges |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                          else node.module for a in node.names}
+        graph[name] = {e for e in edges if e in modules} - {name}
+    return graph
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_layering_data_and_losses_never_reach_the_models():
+    """`input`, `losses` and `metrics` depend on shared constants and ops (`constants`,
+    `resample`), never on the network modules; `testing` never on the trainer; core code on
+    `errors`, the programs' `cli` only formats them."""
+    graph = _import_graph()
+    assert "segearth_jax.models.phi" in graph and "segearth_jax.input.settings" in graph
+    bad = {}
+    for name in graph:
+        if name.startswith("segearth_jax.input") or name in ("segearth_jax.losses",
+                                                               "segearth_jax.metrics"):
+            models = sorted(m for m in _reachable(graph, name)
+                            if m.startswith("segearth_jax.models"))
+            if models:
+                bad[name] = models
+    assert not bad, f"data/loss modules that reach the network modules: {bad}"
+    assert "segearth_jax.train" not in _reachable(graph, "segearth_jax.testing")
+    assert "segearth_jax.input.batch" in graph["segearth_jax.train"]
+    # The error classes live below everything; cli only re-exports them for the programs.
+    assert graph["segearth_jax.errors"] == set()
+    library = [m for m in graph if m.startswith(("segearth_jax.input", "segearth_jax.models"))
+               or m in ("segearth_jax.losses", "segearth_jax.metrics", "segearth_jax.inference")]
+    assert not [m for m in library if "segearth_jax.cli" in graph[m]]
+    import segearth_jax.cli as cli
+    import segearth_jax.errors as errors
+
+    assert cli.BadValue is errors.BadValue and cli.UserError is errors.UserError
+
+
+def test_no_library_call_marks_absl_flags_parsed():
+    """Only a program's entry point (cli.py) may mark absl's global flags parsed."""
+    found = [str(p.relative_to(REPO)) for p in (REPO / "segearth_jax").rglob("*.py")
+             if "mark_as_parsed" in p.read_text() and p.name != "cli.py"]
+    assert not found, found

@@ -57,10 +57,13 @@ def test_phi_left_padded_batch_matches_hf(tiny_torch, tiny_params):
     np.testing.assert_allclose(logits[mask], ref[mask], atol=TOL, rtol=0)
 
 
-def test_multimodal_forward_matches_hf_pipeline(tiny_torch, tiny_params):
-    """SigLIP hidden_states[-2] -> projector -> spliced at the <image> rows -> Phi logits."""
+@pytest.mark.parametrize("scan", [True, False])
+def test_multimodal_forward_matches_hf_pipeline(tiny_torch, tiny_params, scan):
+    """SigLIP hidden_states[-2] -> projector -> spliced at the <image> rows -> Phi logits; the
+    same parameters with both stacks scanned or unrolled (`scan=False`)."""
     phi, siglip, projector = tiny_torch
-    model = Mipha(MiphaConfig.from_variant("tiny"))
+    knobs = dict(scan=scan, remat_policy="none" if scan else "full")
+    model = Mipha(MiphaConfig.from_variant("tiny", vision=knobs, llm=knobs))
     n = model.config.vision.num_patches
     px = np.random.default_rng(3).uniform(-1, 1, (2, 56, 56, 3)).astype(np.float32)
     ids = np.concatenate([_ids(4, (2, 3)), np.full((2, n), IMG, np.int32), _ids(5, (2, 7))], 1)
@@ -77,7 +80,7 @@ def test_multimodal_forward_matches_hf_pipeline(tiny_torch, tiny_params):
 @pytest.mark.parametrize("heads", ["all", "mean"])
 def test_seg_probe_equals_rows_of_hf_attention(tiny_torch, tiny_params, heads):
     phi = tiny_torch[0]
-    cfg = MiphaConfig.from_variant("tiny", seg_probe_heads=heads)
+    cfg = MiphaConfig.from_variant("tiny", llm=dict(seg_probe_heads=heads))
     model = Mipha(cfg)
     n, e = 16, cfg.llm.hidden_size
     feats = np.random.default_rng(6).normal(size=(2, n, e)).astype(np.float32)
@@ -153,6 +156,18 @@ def test_generation_stops_at_eos(tiny_params):
     assert np.all(np.asarray(out["tokens"])[0, first + 1:] == eos)
 
 
+def test_unrolled_layers_decode_with_the_kv_cache_as_scanned(tiny_params):
+    """`scan=False` (Phi's layers unrolled) keeps the KV cache per layer as the scan does:
+    greedy decoding gives the same tokens and final hidden states (fp32, 1e-4)."""
+    prompt = _ids(14, (2, 6))
+    mask = np.ones_like(prompt, bool)
+    outs = [generate(Mipha(MiphaConfig.from_variant("tiny", llm=dict(scan=scan))), tiny_params,
+                     prompt, mask, None, max_new_tokens=5, eos_id=-1) for scan in (True, False)]
+    np.testing.assert_array_equal(np.asarray(outs[0]["tokens"]), np.asarray(outs[1]["tokens"]))
+    np.testing.assert_allclose(np.asarray(outs[0]["hidden"]), np.asarray(outs[1]["hidden"]),
+                               atol=TOL, rtol=0)
+
+
 def test_dataclass_configs_are_hashable():
     cfg = MiphaConfig.from_variant("mipha3b")
     assert hash(cfg) == hash(dataclasses.replace(cfg))
@@ -168,3 +183,38 @@ def test_config_file_builds_the_model_config():
     assert not cfg.llm.lora.is_target("llm/model/layers/self_attn/k_proj")
     assert jnp.dtype(cfg.llm.dtype) == jnp.bfloat16 and cfg.llm.remat_policy == "dots_no_batch"
     assert cfg.vision.width == 1152 and cfg.llm.hidden_size == 2560
+
+
+def test_generate_command_preprocesses_as_the_pipeline(tiny_converted, tmp_path, monkeypatch,
+                                                       capsys):
+    """`python -m segearth_jax.generate --image` reads and squashes the image with the same
+    functions as training and `predict` (`records.load_image`, `preprocess.siglip_view`), and
+    the model sees exactly their output."""
+    import cv2
+
+    from segearth_jax import generate as generate_mod
+    from segearth_jax.input import preprocess, records
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "img.png"), image[..., ::-1])  # RGB -> BGR file
+    seen = {}
+    view = preprocess.siglip_view
+
+    def spy(img, size):
+        seen["view"] = out = view(img, size)
+        np.testing.assert_array_equal(img, records.load_image(tmp_path / "img.png", None))
+        return out
+
+    encode = Mipha.encode_images
+
+    def encode_spy(self, pixels):  # runs under jit: the values come back by a callback
+        jax.debug.callback(lambda p: seen.__setitem__("pixels", np.asarray(p)), pixels)
+        return encode(self, pixels)
+
+    monkeypatch.setattr(preprocess, "siglip_view", spy)
+    monkeypatch.setattr(Mipha, "encode_images", encode_spy)
+    generate_mod.main(["--checkpoint", str(tiny_converted), "--prompt", "what is here?",
+                       "--image", str(tmp_path / "img.png"), "--max-new-tokens", "2"])
+    assert "answer:" in capsys.readouterr().out
+    assert seen["view"].shape == (56, 56, 3)
+    np.testing.assert_array_equal(seen["pixels"][0], seen["view"])

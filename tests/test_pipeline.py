@@ -9,8 +9,9 @@ import grain
 import numpy as np
 import pytest
 
+from configs import segearth_r2 as segearth_r2_config
 from segearth_jax import text
-from segearth_jax.input import pipeline, settings, tokens
+from segearth_jax.input import pipeline, tokens
 from segearth_jax.input import preprocess as P
 
 N_IMG = 16  # (56 // 14) ** 2
@@ -170,7 +171,7 @@ def _image(record) -> np.ndarray:
 
 
 def data_config(**kw):
-    c = settings.default_data_config()
+    c = segearth_r2_config.base().data
     c.update(dict(siglip_size=56, image_size=64, patch_size=14, max_len=160, max_seg=3,
                   max_prompt_len=128, batch_size=2, worker_count=0, prefetch=1, read_threads=1))
     c.update(kw)
@@ -178,7 +179,7 @@ def data_config(**kw):
 
 
 def _loader(source, tok, *, train=True, shard=None, **kw):
-    cfg_kw = {k: kw.pop(k) for k in list(kw) if k in settings.default_data_config()}
+    cfg_kw = {k: kw.pop(k) for k in list(kw) if k in segearth_r2_config.base().data}
     return pipeline.make_loader(source, tok, data_config(**cfg_kw), train=train, seed=3,
                                 shard_options=shard or grain.sharding.NoSharding(), **kw)
 

@@ -16,7 +16,7 @@ from convert.m2f_pixel_decoder import d2_rules, hf_rules
 from convert.mask2former import hf_config
 from segearth_jax.models.msdeform_attn import MSDeformAttn, multi_scale_deformable_attention
 from segearth_jax.models.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderConfig
-from segearth_jax.models.resample import resize_bilinear
+from segearth_jax.resample import resize_bilinear
 from tests.conftest import REFERENCE
 
 TOL = 1e-4  # fp32 max abs error against the PyTorch reference.
@@ -165,8 +165,9 @@ def test_pixel_decoder_matches_hf(grid):
 
 
 def test_encoder_remat_gives_the_same_outputs_and_gradients():
-    """`remat="layer"` (each deformable layer recomputed in the backward) and `"sampling"` (only
-    its bilinear sampling recomputed): the values and gradients of no remat (fp32)."""
+    """`remat_policy="full"` (each deformable layer recomputed in the backward), `"sampling"`
+    (only its bilinear sampling recomputed) and `scan=False` (the layers unrolled; forward only,
+    to keep its compile short): the values and gradients of the plain scan (fp32)."""
     rng = np.random.default_rng(5)
     h, w = 12, 20
     cfg = PixelDecoderConfig.from_variant("tiny")
@@ -176,23 +177,26 @@ def test_encoder_remat_gives_the_same_outputs_and_gradients():
         h, w = -(-h // 2), -(-w // 2)
     params = MSDeformAttnPixelDecoder(cfg).init(jax.random.key(1), feats)["params"]
 
-    def loss(p, remat):
-        model = MSDeformAttnPixelDecoder(PixelDecoderConfig.from_variant("tiny", remat=remat))
+    def loss(p, knobs):
+        scan, policy = knobs
+        model = MSDeformAttnPixelDecoder(PixelDecoderConfig.from_variant(
+            "tiny", scan=scan, remat_policy=policy))
         mask, maps = model.apply({"params": p}, feats)
         return jnp.sum(mask ** 2) + sum(jnp.sum(jnp.sin(m)) for m in maps)
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    plain, g_plain = grad(params, "none")
+    plain, g_plain = grad(params, (True, "none"))
     enc = g_plain["encoder"]["layers"]["self_attn"]["sampling_offsets"]["kernel"]
     assert float(jnp.max(jnp.abs(enc))) > 0  # the gradient reaches the deformable sampling
-    for remat in ("layer", "sampling"):
+    unrolled = jax.jit(loss, static_argnums=1)(params, (False, "none"))
+    assert abs(float(plain) - float(unrolled)) <= TOL * max(1.0, abs(float(plain)))
+    for remat in ((True, "full"), (True, "sampling")):
         value, g = grad(params, remat)
         assert abs(float(plain) - float(value)) <= TOL * max(1.0, abs(float(plain))), remat
         for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g), strict=True):
             assert float(jnp.max(jnp.abs(a - b))) <= TOL, remat
-    assert PixelDecoderConfig(remat=True).remat == "layer"
-    with pytest.raises(ValueError, match="remat"):
-        PixelDecoderConfig(remat="everything")
+    with pytest.raises(ValueError, match="remat_policy"):
+        PixelDecoderConfig(remat_policy="everything")
 
 
 def test_simplify_fpn_matches_hf_with_mask2former_simplify_convs():

@@ -151,7 +151,10 @@ def _flat(tree) -> dict:
 
 def _mipha_spec(lm_head_bias: bool) -> dict:
     """model.json of `convert.mipha --variant mipha3b` (written by convert/mipha.py: `convert`)."""
-    return {"kind": "mipha", "variant": "mipha3b", "overrides": {"lm_head_bias": lm_head_bias}}
+    from segearth_jax.models.mipha import MiphaConfig
+
+    cfg = MiphaConfig.from_variant("mipha3b", llm=dict(lm_head_bias=lm_head_bias))
+    return {"kind": "mipha", "dtype": "bfloat16", "model": cfg.to_config("float32", "float32")}
 
 
 def test_finetune_full_size_structure_is_checked_naming_the_flag():
@@ -171,20 +174,23 @@ def test_finetune_full_size_structure_is_checked_naming_the_flag():
     assert "set --config.model.seg_head.pixel_decoder.simplify_fpn=True" in str(e.value)
     init.check_structure(r2, config, "mllm", "ckpt/r2")  # another kind: the key check decides
     init.check_structure(_mipha_spec(False), config, "mllm", "ckpt/mipha3b")
-    with pytest.raises(ValueError, match=r"set --config\.model\.mllm\.lm_head_bias=True"):
+    with pytest.raises(ValueError, match=r"set --config\.model\.mllm\.llm\.lm_head_bias=True"):
         init.check_structure(_mipha_spec(True), config, "mllm", "ckpt/mipha3b")
-    m2f = {"kind": "seg_head", "variant": "swin-b", "dtype": "float32"}
+    from segearth_jax.models.seg_head import SegHeadConfig
+
+    m2f = {"kind": "seg_head", "variant": "swin-b", "dtype": "float32",  # convert.mask2former's
+           "model": SegHeadConfig.from_variant("swin-b").to_config("float32", "float32")}
     init.check_structure(m2f, config, "seg_head", "ckpt/m2f")
 
     config.model.seg_head.pixel_decoder.simplify_fpn = True  # the flag the error named
     init.check_structure(r2, config, "checkpoint", "ckpt/r2")
     with pytest.raises(ValueError, match=r"simplify_fpn=False"):
         init.check_structure(m2f, config, "seg_head", "ckpt/m2f")
-    config.model.mllm.vocab_size = 50304  # a size: named with the key that sets it
+    config.model.mllm.llm.vocab_size = 50304  # a size: named with the key that sets it
     with pytest.raises(ValueError) as e:
         init.check_structure(r2, config, "checkpoint", "ckpt/r2")
     assert "mllm.llm.vocab_size: the checkpoint has 51200, the config builds 50304" in str(e.value)
-    assert "set --config.model.mllm.vocab_size=51200" in str(e.value)
+    assert "set --config.model.mllm.llm.vocab_size=51200" in str(e.value)
 
 
 def test_finetune_full_size_converter_tree_fits_lasers_for_every_init_route():
@@ -284,13 +290,13 @@ def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
     p = _run(env, "segearth_jax.train", "--workdir", str(tmp_path / "bad"), *flags, check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
     for flag in ("--config.model.seg_head.pixel_decoder.simplify_fpn=True",
-                 "--config.model.mllm.vocab_size=512"):
+                 "--config.model.mllm.llm.vocab_size=512"):
         assert flag in p.stderr, p.stderr[-3000:]
 
     run = tmp_path / "run"
     _run(env, "segearth_jax.train", "--workdir", str(run), *flags,
          "--config.model.seg_head.pixel_decoder.simplify_fpn=True",
-         "--config.model.mllm.vocab_size=512", "--config.optim.lr=0.0")
+         "--config.model.mllm.llm.vocab_size=512", "--config.optim.lr=0.0")
     export = run / "export"
     spec = json.loads((export / "model.json").read_text())
     assert spec["model"]["seg_head"]["pixel_decoder"]["simplify_fpn"] is True

@@ -66,8 +66,10 @@ def test_lasers_step_flops_match_the_closed_form():
     towers get no backward at all (no gradient is computed through SigLIP, its projector or
     Swin-B)."""
     config = segearth_r2.get_config("lasers")
-    config.model.mllm.update(dict(attention_impl="xla", remat_policy="none"))
-    config.model.seg_head.attention_impl = "xla"
+    for part in (config.model.mllm.vision, config.model.mllm.llm, config.model.seg_head.swin,
+                 config.model.seg_head.decoder):
+        part.attention_impl = "xla"
+    config.model.mllm.llm.remat_policy = "none"
     trainer = Trainer(config)
     state, frozen = trainer.abstract_init()
     count = count_flops(trainer.step_fn, state, frozen, abstract_batch(config))

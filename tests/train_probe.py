@@ -54,7 +54,7 @@ def main() -> None:
     config.mesh.data, config.mesh.fsdp = data, fsdp
     config.optim.accum_steps = a.accum
     if a.deterministic:
-        config.model.mllm.lora.dropout = 0.0
+        config.model.mllm.llm.lora.dropout = 0.0
         config.loss.full_resolution = True
     if a.trainable == "paper":
         config.trainable = segearth_r2.TRAINABLE

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from segearth_jax import cli
+from segearth_jax import errors
 from segearth_jax.input import readers
 from segearth_jax.input.records import (
     POLICIES,
@@ -246,7 +246,7 @@ BUILDERS: dict[str, type[_SegEarthBuilder]] = {
 
 def _builder_cls(name: str) -> type[_SegEarthBuilder]:
     if name not in BUILDERS:
-        raise cli.BadValue(f"unknown dataset {name!r}; one of {sorted(BUILDERS)}")
+        raise errors.BadValue(f"unknown dataset {name!r}; one of {sorted(BUILDERS)}")
     return BUILDERS[name]
 
 
@@ -257,15 +257,15 @@ def build(name: str, manual_dir: str | os.PathLike | None, data_dir: str | os.Pa
     released folder `manual_dir` into `data_dir/<name>/<version>/`; returns the builder.
     on_error: "raise" | "skip" | None (None: $SEGEARTH_ON_ERROR, else "raise").
     manual_dir may be None when the dataset is already built. flag: how the user passes
-    manual_dir (named in the `cli.MissingFile` raised when it is needed and absent)."""
+    manual_dir (named in the `errors.MissingFile` raised when it is needed and absent)."""
     cls = _builder_cls(name)
     how = " ".join(cls.MANUAL_DOWNLOAD_INSTRUCTIONS.replace("--manual_dir", flag).split())
     # Checked before the builder exists: TFDS logs a warning for a version folder it lacks.
     built = (epath.Path(data_dir) / name / str(cls.VERSION) / "dataset_info.json").exists()
     if manual_dir is None and (overwrite or not built):
-        raise cli.MissingFile(f"{name} is not built in {os.fspath(data_dir)!r}: {how}")
+        raise errors.MissingFile(f"{name} is not built in {os.fspath(data_dir)!r}: {how}")
     if (overwrite or not built) and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
-        raise cli.MissingFile(f"{flag} {manual_dir}: no such folder, or empty. {how}")
+        raise errors.MissingFile(f"{flag} {manual_dir}: no such folder, or empty. {how}")
     builder = cls(data_dir=os.fspath(data_dir), on_error=on_error)
     builder.manual_dir_flag = flag
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite

@@ -1,4 +1,4 @@
-"""grain input pipeline: records -> fixed-shape numpy batches (docs/design.md section 5).
+"""grain input pipeline: records -> fixed-shape numpy batches (docs/architecture.md section 2).
 
     loader = make_loader(source, tokenizer, config.data, train=True, seed=0)
     it = iter(loader)          # it.get_state() / it.set_state(state) resume exactly
@@ -47,7 +47,6 @@ from typing import Any
 import cv2
 import grain
 import numpy as np
-from absl import flags
 
 from segearth_jax import text
 from segearth_jax.input import preprocess, tokens
@@ -252,7 +251,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
                 drop_remainder: bool = True, teacher_forced: bool = False) -> grain.DataLoader:
     """A grain DataLoader over `source` (see the module docstring).
 
-    config: `config.data` (keys of `settings.default_data_config`). seed: shuffling seed (train).
+    config: `config.data` (its keys: configs/segearth_r2.py). seed: shuffling seed (train).
     shard_options: defaults to `ShardByJaxProcess(drop_remainder=True)`; the per-process batch is
     `config.batch_size // shard_options.shard_count`. num_epochs: None repeats forever when
     training and reads once when evaluating. worker_count: defaults to `config.worker_count`.
@@ -262,7 +261,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     Under `on_error="skip"` the loader carries the pre-pass result as `loader.validation`.
     """
     s = Settings.from_config(config)
-    on_error = config.get("on_error", "raise")
+    on_error = config.on_error
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error={on_error!r}; expected 'raise' or 'skip'")
     if shard_options is None:
@@ -286,11 +285,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     if len(indexed) == 0:
         raise ValueError("no records to read" + (f": {validation.summary()}" if validation else ""))
 
-    workers = config.get("worker_count", 0) if worker_count is None else worker_count
-    if workers > 0 and not flags.FLAGS.is_parsed():
-        # grain's worker processes read absl flags (--grain_*); outside `app.run` (notebooks,
-        # scripts, tests) they would raise UnparsedFlagAccessError. Their defaults are right.
-        flags.FLAGS.mark_as_parsed()
+    workers = config.worker_count if worker_count is None else worker_count
     if num_epochs is None and not train:
         num_epochs = 1
     sampler = grain.samplers.IndexSampler(
@@ -301,7 +296,7 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
         operations=[Preprocess(tokenizer, s, train=train, teacher_forced=teacher_forced),
                     grain.transforms.Batch(batch_size=per_process, drop_remainder=drop_remainder)],
         worker_count=workers,
-        worker_buffer_size=config.get("prefetch", 1),
-        read_options=grain.ReadOptions(num_threads=config.get("read_threads", 16)))
+        worker_buffer_size=config.prefetch,
+        read_options=grain.ReadOptions(num_threads=config.read_threads))
     loader.validation = validation
     return loader

@@ -1,4 +1,4 @@
-"""Image and mask preprocessing (docs/design.md sections 2 and 3): Pillow for the image
+"""Image and mask preprocessing (docs/conventions.md, Input): Pillow for the image
 resizes, numpy + OpenCV for the rest.
 
 * `resize`: Pillow's `Image.resize` (BICUBIC / BILINEAR, antialiased when shrinking) of a uint8

@@ -1,4 +1,4 @@
-"""Readers of each dataset's layout exactly as released (docs/design.md section 5):
+"""Readers of each dataset's layout exactly as released (data/README.md, layouts):
 `read_x(root, split, report=None) -> Iterator[Record]`, sorted deterministically. Masks are
 decoded lazily by `Record.masks()`; images are not opened here (the builders load and validate
 both).

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import TiffImagePlugin
 from pycocotools import mask as mask_utils
 
-from segearth_jax import cli
+from segearth_jax import errors
 from segearth_jax.text import SEG
 
 POLICIES = ("raise", "skip")
@@ -46,7 +46,7 @@ KINDS = {
 }
 
 
-class BadInput(cli.UserError, ValueError):
+class BadInput(errors.UserError, ValueError):
     """Malformed input. `str(e)` is "<file>: record <id>: <problem>" (or "(whole file)").
     `examples`: how many examples it costs when skipped (an EarthReason QAs file holds one per
     question)."""

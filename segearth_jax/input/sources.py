@@ -15,7 +15,7 @@ def open_source(d: ml_collections.ConfigDict, split: str):
     from `d.manual_dir` first when it is not prepared yet."""
     from segearth_jax.input import datasets
 
-    builder = datasets.build(d.name, manual_dir=d.get("manual_dir") or None,
+    builder = datasets.build(d.name, manual_dir=d.manual_dir or None,
                              data_dir=d.data_dir, on_error=d.on_error,
                              flag="--config.data.manual_dir")
     return builder.as_data_source()[split]

@@ -1,4 +1,4 @@
-"""Prompt and answer -> fixed-length token arrays (docs/design.md section 4).
+"""Prompt and answer -> fixed-length token arrays (docs/conventions.md, Prompt and text).
 
 The prompt (system, user turn with `<image>`, "ASSISTANT:"; its pieces encoded one by one as
 the official code does, `text.prompt_pieces`) and the reply (" <answer>" then `<|endoftext|>`)
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from segearth_jax import cli, text
+from segearth_jax import errors, text
+from segearth_jax.constants import IGNORE_INDEX
 
-IGNORE = -100  # label of positions without a text loss
+IGNORE = IGNORE_INDEX  # label of positions without a text loss
 
 
-class RecordError(cli.UserError, ValueError):
+class RecordError(errors.UserError, ValueError):
     """A record that cannot become an example; the message names the record."""
 
 

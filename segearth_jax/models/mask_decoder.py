@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
-from segearth_jax.models.common import FromVariant, dense, layer_norm
+from segearth_jax.models.common import FromVariant, check_stack, dense, layer_norm, layer_stack
 from segearth_jax.models.position_encoding import sine_position_embedding
-from segearth_jax.models.resample import resize_bilinear
+from segearth_jax.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # detectron2 DEC_LAYERS = 10 means 9 layers here (plus the prediction from the input queries).
@@ -51,9 +51,13 @@ class MaskDecoderConfig(FromVariant, variants=VARIANTS, kind="mask decoder"):
     independent_queries: bool = True
     layer_norm_eps: float = 1e-5  # torch.nn.LayerNorm default.
     attention_impl: str | None = "auto"
-    remat: bool = False  # recompute each round of layers in the backward pass
+    scan: bool = True  # False: the round loop unrolled (models/common.layer_stack)
+    remat_policy: str = "none"  # per round; a key of models/common.REMAT_POLICIES
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_stack("mask decoder", self.scan, self.remat_policy)
 
 
 class MultiHeadAttention(nn.Module):
@@ -194,9 +198,10 @@ class MaskedTransformerDecoder(nn.Module):
                              "levels)")
         head = MaskHead(cfg, name="head")
         first = head(x, mask_features)
-        body = nn.remat(DecoderRound, prevent_cse=False) if cfg.remat else DecoderRound
-        rounds = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(nn.broadcast,) * 6, length=cfg.num_layers // cfg.num_levels)
+        rounds = layer_stack(DecoderRound, scan=cfg.scan, remat_policy=cfg.remat_policy,
+                             length=cfg.num_layers // cfg.num_levels,
+                             variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast,) * 6)
         _, later = rounds(cfg, tuple(sizes), name="layers")(
             (x, first), memories, positions, query_pos, self_mask, mask_features,
             head.variables["params"])

@@ -14,11 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.common import dense, lookup_variant
-from segearth_jax.models.lora import LoRAConfig
 from segearth_jax.models.phi import PhiConfig, PhiForCausalLM
 from segearth_jax.models.siglip import SiglipConfig, SiglipVisionTransformer
 
-# Whole-MLLM variants: (SigLIP variant, Phi variant).
+# Whole-MLLM presets: (SigLIP variant, Phi variant).
 VARIANTS: dict[str, tuple[str, str]] = {
     "mipha3b": ("So400m/14", "phi-2"),
     "tiny": ("tiny", "tiny"),
@@ -32,25 +31,44 @@ class MiphaConfig:
     select_layer: int = -2  # HF hidden_states index fed to the projector (Mipha: -2).
 
     @classmethod
-    def from_variant(cls, name: str, *, lora: LoRAConfig = LoRAConfig(),  # noqa: B008
-                     dtype: Any = jnp.float32,
-                     param_dtype: Any = jnp.float32, **llm_overrides: Any) -> MiphaConfig:
-        vision, llm = lookup_variant(VARIANTS, "Mipha", name)
-        return cls(
-            vision=SiglipConfig.from_variant(
-                vision, dtype=dtype, param_dtype=param_dtype,
-                attention_impl=llm_overrides.get("attention_impl", "auto")),
-            llm=PhiConfig.from_variant(llm, lora=lora, dtype=dtype, param_dtype=param_dtype,
-                                       **llm_overrides))
+    def from_variant(cls, name: str, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                     vision: dict[str, Any] | None = None, llm: dict[str, Any] | None = None,
+                     select_layer: int = -2) -> MiphaConfig:
+        """The preset `name`, its parts' fields updated by `vision` (SigLIP) and `llm` (Phi)."""
+        v, p = lookup_variant(VARIANTS, "Mipha", name)
+        dt = dict(dtype=dtype, param_dtype=param_dtype)
+        return cls(vision=SiglipConfig.from_variant(v, **dt, **(vision or {})),
+                   llm=PhiConfig.from_variant(p, **dt, **(llm or {})), select_layer=select_layer)
+
+    @classmethod
+    def preset(cls, name: str, *, dtype: str = "float32", param_dtype: str = "float32",
+               vision: dict[str, Any] | None = None, llm: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+        """The preset `name` as a config file's `model.mllm` (every size and knob spelled out),
+        the parts' fields updated by `vision` / `llm`."""
+        return cls.from_variant(name, vision=vision, llm=llm).to_config(dtype, param_dtype)
+
+    def to_config(self, dtype: str | None = None, param_dtype: str | None = None
+                  ) -> dict[str, Any]:
+        """The `from_config` dict of this config (what model.json stores)."""
+        return {"dtype": dtype or jnp.dtype(self.llm.dtype).name,
+                "param_dtype": param_dtype or jnp.dtype(self.llm.param_dtype).name,
+                "select_layer": self.select_layer,
+                "vision": self.vision.to_dict(), "llm": self.llm.to_dict()}
 
     @classmethod
     def from_config(cls, model: Any) -> MiphaConfig:
-        """From a `config.model` ConfigDict/dict (see configs/mipha.py)."""
+        """From a `config.model.mllm` ConfigDict or model.json dict: `dtype`, `param_dtype`,
+        `select_layer`, `vision` (every SigLIP field), `llm` (every Phi field, `lora` a dict)."""
         m = dict(model)
-        lora = LoRAConfig(**dict(m.pop("lora", {})))
-        dtype, param_dtype = jnp.dtype(m.pop("dtype")), jnp.dtype(m.pop("param_dtype"))
-        return cls.from_variant(m.pop("variant"), lora=lora, dtype=dtype,
-                                param_dtype=param_dtype, **m)
+        want = {"dtype", "param_dtype", "select_layer", "vision", "llm"}
+        if set(m) != want:
+            raise ValueError(f"Mipha config: keys {sorted(m)}, expected {sorted(want)}")
+        dt = dict(dtype=jnp.dtype(m["dtype"]), param_dtype=jnp.dtype(m["param_dtype"]))
+        return cls(vision=SiglipConfig.from_dict(dict(m["vision"]), **dt),
+                   llm=PhiConfig.from_dict({k: dict(v) if k == "lora" else v
+                                            for k, v in dict(m["llm"]).items()}, **dt),
+                   select_layer=m["select_layer"])
 
     @property
     def vision_layers(self) -> int:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.common import dense
-from segearth_jax.models.resample import bilinear_taps
+from segearth_jax.resample import bilinear_taps
 
 
 def multi_scale_deformable_attention(value: jax.Array, spatial_shapes: Sequence[tuple[int, int]],

@@ -3,7 +3,8 @@
 Each block is parallel: `x + attn(ln(x)) + mlp(ln(x))` with one `input_layernorm`; attention has
 biased q/k/v/dense projections and rotary embeddings (rotate-half) on the first
 `partial_rotary_factor * head_dim` dims; the MLP is fc1 -> gelu_new -> fc2. Layers are scanned
-(`nn.scan`, parameters stacked on a leading layer axis) and optionally rematerialized.
+(`nn.scan`, parameters stacked on a leading layer axis; `scan=False` unrolls the loop) and
+rematerialized by `remat_policy`.
 
 Extras over the HF model:
   * multimodal embedding: rows of `input_ids` equal to `image_token_id` are replaced, in order,
@@ -11,7 +12,7 @@ Extras over the HF model:
   * a KV cache (`decode=True`, Linen 'cache' collection) for incremental decoding;
   * the `[SEG]` attention probe: given `seg_positions`, every layer sows (collection
     'intermediates', name 'seg_attention') the post-softmax attention of the `[SEG]` query rows
-    over the image-token columns, computed for those rows only (docs/design.md section 3).
+    over the image-token columns, computed for those rows only (docs/conventions.md, Losses).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from segearth_jax.constants import IMAGE_TOKEN_ID
 from segearth_jax.models.attention import dot_product_attention
-from segearth_jax.models.common import FromVariant, layer_norm
+from segearth_jax.models.common import FromVariant, check_stack, layer_norm, layer_stack
 from segearth_jax.models.lora import LoRAConfig, dense
 
 # Architecture variants (HF PhiConfig field meanings). `phi-2` is the Mipha-3B language model.
@@ -34,16 +36,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
                   intermediate_size=10240),
     "tiny": dict(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                  intermediate_size=128),
-}
-
-# LLaVA's IMAGE_TOKEN_INDEX: the placeholder id of the image rows in input_ids.
-IMAGE_TOKEN_ID = -200
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -63,10 +55,16 @@ class PhiConfig(FromVariant, variants=VARIANTS, kind="Phi"):
     image_token_id: int = IMAGE_TOKEN_ID
     seg_probe_heads: str = "mean"  # 'mean': [B, S, N] per layer; 'all': [B, H, S, N].
     attention_impl: str | None = "auto"  # see models/attention.py
-    remat_policy: str = "none"  # a key of REMAT_POLICIES.
+    scan: bool = True  # False: the layer loop unrolled (models/common.layer_stack)
+    remat_policy: str = "none"  # a key of models/common.REMAT_POLICIES.
     lora: LoRAConfig = LoRAConfig()
     dtype: Any = jnp.float32  # compute dtype.
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_stack("Phi", self.scan, self.remat_policy)
+        if isinstance(self.lora, dict):  # from a config file or model.json
+            object.__setattr__(self, "lora", LoRAConfig(**self.lora))
 
     @property
     def head_dim(self) -> int:
@@ -243,14 +241,11 @@ class PhiModel(nn.Module):
             raise ValueError("seg_positions needs image_features: the probe reads image columns")
         x = nn.Dropout(cfg.embd_pdrop, deterministic=deterministic)(x)
 
-        layer = PhiDecoderLayer
-        if cfg.remat_policy != "none":
-            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat_policy],
-                             prevent_cse=False)
-        layers = nn.scan(layer, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                         split_rngs={"params": True, "dropout": True},
-                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-                         length=cfg.num_layers)
+        layers = layer_stack(PhiDecoderLayer, scan=cfg.scan, remat_policy=cfg.remat_policy,
+                             length=cfg.num_layers,
+                             variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                             split_rngs={"params": True, "dropout": True},
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
         x, _ = layers(cfg, decode, deterministic, name="layers")(x, positions, key_mask, probe)
         return layer_norm(cfg, "final_layernorm")(x)
 

@@ -33,10 +33,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segearth_jax.models.common import FromVariant, dense, layer_norm
+from segearth_jax.models.common import FromVariant, check_stack, dense, layer_norm, layer_stack
 from segearth_jax.models.msdeform_attn import MSDeformAttn
 from segearth_jax.models.position_encoding import sine_position_embedding
-from segearth_jax.models.resample import resize_bilinear
+from segearth_jax.resample import resize_bilinear
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Mask2Former on Swin-B: res2..res5 with 128/256/512/1024 channels.
@@ -45,9 +45,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tiny": dict(in_channels=(16, 24, 32, 48), conv_dim=64, mask_dim=32, num_heads=4,
                  encoder_layers=2, ffn_dim=128),
 }
-
-
-REMAT = ("none", "layer", "sampling")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +63,18 @@ class PixelDecoderConfig(FromVariant, variants=VARIANTS, kind="pixel decoder"):
     # The official SegEarth-R2 uses Mask2Former-Simplify's FPN: its convs have a bias and the
     # lateral `adapter_k` ends in a ReLU. False: detectron2's Mask2Former (the paper's).
     simplify_fpn: bool = False
+    scan: bool = True  # False: the encoder layer loop unrolled (models/common.layer_stack)
     # What the deformable encoder recomputes in the backward pass instead of keeping (at 1024
-    # input its 6 layers keep ~21 GiB, most of it the bilinear corner values): "none"; "layer":
-    # each whole encoder layer (`nn.remat`); "sampling": only the bilinear sampling (the corner
-    # gathers, `jax.checkpoint`), the projections and the FFN keep their activations.
-    # (True / False are read as "layer" / "none".)
-    remat: str = "none"
+    # input its 6 layers keep ~21 GiB, most of it the bilinear corner values): a key of
+    # models/common.REMAT_POLICIES for each whole encoder layer ("full": all of it), or
+    # "sampling": only the bilinear sampling (the corner gathers, `jax.checkpoint`), the
+    # projections and the FFN keep their activations.
+    remat_policy: str = "none"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        remat = {True: "layer", False: "none"}.get(self.remat, self.remat)
-        if remat not in REMAT:
-            raise ValueError(f"pixel decoder remat={self.remat!r}: one of {REMAT}")
-        object.__setattr__(self, "remat", remat)
+        check_stack("pixel decoder", self.scan, self.remat_policy, extra=("sampling",))
 
     @property
     def num_fpn_levels(self) -> int:
@@ -136,7 +131,7 @@ class EncoderLayer(nn.Module):
         reference_points = jnp.broadcast_to(
             reference_points, (x.shape[0],) + reference_points.shape[1:])
         attn = MSDeformAttn(cfg.conv_dim, cfg.num_heads, cfg.num_levels, cfg.num_points,
-                            remat_sampling=cfg.remat == "sampling", dtype=cfg.dtype,
+                            remat_sampling=cfg.remat_policy == "sampling", dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype, name="self_attn")
         x = layer_norm(cfg, "norm1")(x + attn(x + pos, reference_points, x, self.spatial_shapes,
                                               padding_mask))
@@ -146,7 +141,7 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """`encoder_layers` EncoderLayers, scanned: parameters stacked on axis 0 (`layers/...`);
-    each layer rematerialized in the backward pass when `config.remat` is "layer"."""
+    each layer rematerialized by `config.remat_policy` (models/common.layer_stack)."""
 
     config: PixelDecoderConfig
     spatial_shapes: tuple[tuple[int, int], ...]
@@ -154,11 +149,11 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pos: jax.Array, reference_points: jax.Array,
                  padding_mask: jax.Array | None = None) -> jax.Array:
-        layer = (nn.remat(EncoderLayer, prevent_cse=False) if self.config.remat == "layer"
-                 else EncoderLayer)
-        layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-                         length=self.config.encoder_layers)
+        cfg = self.config
+        layers = layer_stack(EncoderLayer, scan=cfg.scan, remat_policy=cfg.remat_policy,
+                             length=cfg.encoder_layers, variable_axes={"params": 0},
+                             split_rngs={"params": True},
+                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast))
         x, _ = layers(self.config, self.spatial_shapes, name="layers")(
             x, pos, reference_points, padding_mask)
         return x

@@ -30,12 +30,18 @@ class SegEarthR2Config:
 
     @classmethod
     def from_config(cls, model: Any) -> SegEarthR2Config:
-        """From a `config.model` ConfigDict/dict with `mllm` (see configs/mipha.py) and
-        `seg_head` (`variant`, `dtype`, `param_dtype`, decoder overrides)."""
-        head = dict(model["seg_head"])
-        dt = {k: jnp.dtype(head.pop(k)) for k in ("dtype", "param_dtype")}
+        """From a `config.model` ConfigDict or model.json's "model" dict: `mllm`
+        (`MiphaConfig.from_config`) and `seg_head` (`SegHeadConfig.from_config`), every size
+        and knob explicit."""
+        if set(model) != {"mllm", "seg_head"}:
+            raise ValueError(f"SegEarth-R2 config: keys {sorted(model)}, expected ['mllm', "
+                             "'seg_head']")
         return cls(mllm=MiphaConfig.from_config(model["mllm"]),
-                   seg_head=SegHeadConfig.from_variant(head.pop("variant"), **dt, **head))
+                   seg_head=SegHeadConfig.from_config(model["seg_head"]))
+
+    def to_config(self) -> dict[str, Any]:
+        """The `from_config` dict of this config (what model.json stores)."""
+        return {"mllm": self.mllm.to_config(), "seg_head": self.seg_head.to_config()}
 
     @property
     def grid(self) -> int:

@@ -2,8 +2,9 @@
 
 Patch embedding (conv, stride = patch) + learned position embedding, pre-LN encoder blocks
 (`layer_norm1` -> attention -> residual, `layer_norm2` -> MLP(gelu tanh) -> residual), scanned
-over layers, optional `post_layernorm`. The MAP pooling `head` is not implemented: nothing here
-uses it (Mipha feeds the LLM the penultimate hidden states).
+over layers (`scan`, `remat_policy`: models/common.layer_stack), optional `post_layernorm`.
+The MAP pooling `head` is not implemented: nothing here uses it (Mipha feeds the LLM the
+penultimate hidden states).
 
 Inputs are NHWC: pixels [B, H, W, 3], normalized with mean = std = 0.5.
 """
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from segearth_jax.models.attention import dot_product_attention
-from segearth_jax.models.common import FromVariant, dense, layer_norm
+from segearth_jax.models.common import FromVariant, check_stack, dense, layer_norm, layer_stack
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "So400m/14": dict(width=1152, depth=27, mlp_dim=4304, num_heads=16, patch_size=14,
@@ -38,8 +39,13 @@ class SiglipConfig(FromVariant, variants=VARIANTS, kind="SigLIP"):
     image_size: int = 384
     layer_norm_eps: float = 1e-6
     attention_impl: str | None = "auto"  # see models/attention.py
+    scan: bool = True  # False: the layer loop unrolled (models/common.layer_stack)
+    remat_policy: str = "none"  # a key of models/common.REMAT_POLICIES
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_stack("SigLIP", self.scan, self.remat_policy)
 
     @property
     def num_patches(self) -> int:
@@ -106,8 +112,9 @@ class SiglipVisionTransformer(nn.Module):
         pos = self.param("position_embedding", nn.initializers.normal(1.0 / d ** 0.5),
                          (gh * gw, d), cfg.param_dtype)
         x = x + pos.astype(cfg.dtype)[None]
-        layers = nn.scan(SiglipEncoderLayer, variable_axes={"params": 0},
-                         split_rngs={"params": True}, length=n_layers)
+        layers = layer_stack(SiglipEncoderLayer, scan=cfg.scan, remat_policy=cfg.remat_policy,
+                             length=n_layers, variable_axes={"params": 0},
+                             split_rngs={"params": True})
         embeddings = x
         x, per_layer = layers(cfg, return_all_layers, name="layers")(x, None)
         if self.post_layernorm:

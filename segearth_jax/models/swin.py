@@ -17,7 +17,8 @@ shift mask is built on the padded size (transformers' Swin disables the shift wh
 larger than the window; the checkpoint was trained with detectron2's behaviour).
 
 The blocks of a stage run as an `nn.scan` over (W-MSA, SW-MSA) pairs (one compiled pair per
-stage instead of `depth` unrolled blocks), optionally rematerialized (`remat`).
+stage instead of `depth` unrolled blocks; `scan=False` unrolls it), rematerialized by
+`remat_policy` (models/common.layer_stack).
 
 Parameter layout (the official names with `.` -> `/` and `layers.i` -> `layers_i`; official
 block j of stage i is slot j // 2 of `blocks/w` (j even, unshifted) or `blocks/sw` (j odd,
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segearth_jax.models.attention import dot_product_attention
-from segearth_jax.models.common import FromVariant, dense, layer_norm
+from segearth_jax.models.common import FromVariant, check_stack, dense, layer_norm, layer_stack
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # Swin-B, window 12 (the IN-22k 384 checkpoint Mask2Former's Swin-B IN21k-384 starts from).
@@ -64,9 +65,13 @@ class SwinConfig(FromVariant, variants=VARIANTS, kind="Swin"):
     mlp_ratio: float = 4.0
     layer_norm_eps: float = 1e-5
     attention_impl: str | None = "auto"  # see models/attention.py (with its bias: XLA)
-    remat: bool = False  # recompute each block pair in the backward pass
+    scan: bool = True  # False: each stage's pair loop unrolled (models/common.layer_stack)
+    remat_policy: str = "none"  # per block pair; a key of models/common.REMAT_POLICIES
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        check_stack("Swin", self.scan, self.remat_policy)
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -247,9 +252,9 @@ class SwinStage(nn.Module):
         if self.depth % 2:
             raise ValueError(f"Swin stage depth {self.depth} is odd: the blocks run as "
                              "(W-MSA, SW-MSA) pairs")
-        pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.config.remat else SwinBlockPair
-        blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=self.depth // 2)
+        blocks = layer_stack(SwinBlockPair, scan=self.config.scan,
+                             remat_policy=self.config.remat_policy, length=self.depth // 2,
+                             variable_axes={"params": 0}, split_rngs={"params": True})
         x, _ = blocks(self.config, self.num_heads, name="blocks")(x, None)
         down = PatchMerging(self.config, name="downsample")(x) if self.downsample else x
         return x, down

@@ -1,0 +1,26 @@
+"""The project's expected failures: what library code raises when the user can fix the cause.
+
+Each message is one line naming the file, record, key or flag and saying what to do. Each class
+also subclasses the builtin it refines, so `except FileNotFoundError` keeps working. The
+programs' entry points (`segearth_jax.cli`) print them as one `error:` line with exit status 2;
+nothing here formats or exits. The project's own error classes (ConversionError, BadInput,
+RecordError, InputError, SceneError) subclass `UserError`. Imports nothing.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An expected failure the user can fix; the message is one line naming the file or flag."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file, folder, checkpoint or dataset the command needs does not exist."""
+
+
+class OutputExists(UserError, FileExistsError):
+    """An output directory (`--out`) exists and is not empty."""
+
+
+class BadValue(UserError, ValueError):
+    """A flag or config value the program cannot use."""
