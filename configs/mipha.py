@@ -23,4 +23,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         seg_probe_heads="mean",
         lora=dataclasses.asdict(LoRAConfig(rank=8)),  # r8 on q/v, alpha 16 (the paper)
     ))
+    # The key every config has (in-training evaluation every N steps, 0: off); this config
+    # describes the MLLM alone and trains nothing.
+    config.eval_every = 0
     return config
