@@ -273,9 +273,10 @@ def checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict, *,
                        read_only: bool = False) -> ocp.CheckpointManager:
     """The run's orbax manager over `workdir/checkpoints` (every process writes its shards of
     the state: the workdir must be on storage all processes see, e.g. NFS or `gs://`)."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.checkpoint.keep, save_interval_steps=1,
-        enable_async_checkpointing=config.checkpoint.async_save, read_only=read_only)
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                           create=False) if read_only else \
+        ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, save_interval_steps=1,
+                                     enable_async_checkpointing=config.checkpoint.async_save)
     return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
