@@ -180,7 +180,7 @@ class LiveEvaluation:
     `config.data.eval_split` (under `config.eval.questions`) run in global batches of
     `config.eval.batch_size` (the last one padded by repeating its last record), each process
     reading the rows its devices hold (`sharding.process_rows`, like training); a row held by
-    several processes is scored by the lowest of them, and the per-process results merge on
+    several processes is scored by one of them (`sharding.row_owners`), and the results merge on
     process 0 through `out` (storage every process sees), as `evaluate` does.
 
         live = LiveEvaluation(config, model, mesh, (trainable_sh, frozen_sh), tokenizer, out)
@@ -256,6 +256,7 @@ class LiveEvaluation:
                 score(evaluator, *record_result(self.records[p], batch, i, res,
                                                 self.image_size))
         if jax.process_count() > 1:
+            sharding.barrier("eval scored")  # the merge is a collective; scoring takes a while
             evaluator = _merge_processes(evaluator, self.out)
         return evaluator.summary()
 

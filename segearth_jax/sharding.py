@@ -142,14 +142,14 @@ def process_rows(mesh: Mesh, batch_size: int, axes: tuple[str, ...] = BATCH_AXES
 
 
 def row_owners(mesh: Mesh, batch_size: int, axes: tuple[str, ...] = BATCH_AXES) -> np.ndarray:
-    """[batch_size] the lowest process index holding each row: the one process that scores it
-    when the rows are replicated over several (evaluation)."""
-    owner = np.full(batch_size, np.iinfo(np.int32).max, np.int32)
+    """[batch_size] the one process that scores each row when several hold it (evaluation):
+    row r goes to the (r mod k)-th of its k holders, so the work spreads over them."""
+    holders: list[set[int]] = [set() for _ in range(batch_size)]
     index = batch_sharding(mesh, 1, axes).devices_indices_map((batch_size,))
     for device, (sl,) in index.items():
-        r = slice(*sl.indices(batch_size))
-        owner[r] = np.minimum(owner[r], device.process_index)
-    return owner
+        for r in range(*sl.indices(batch_size)):
+            holders[r].add(device.process_index)
+    return np.asarray([sorted(h)[r % len(h)] for r, h in enumerate(holders)], np.int32)
 
 
 def batch_sharding(mesh: Mesh, ndim: int, axes: tuple[str, ...] = BATCH_AXES

@@ -408,9 +408,8 @@ def _evaluate(live: Any, config: ml_collections.ConfigDict, state: TrainState, s
     summary = live(state.params, frozen)
     scalars = evaluate.summary_scalars(summary)  # process 0 holds the merged summary
     metric = config.checkpoint.best_metric
-    value = np.float64(scalars.get(metric, np.nan) if metric else np.nan)
-    if jax.process_count() > 1:
-        value = np.float64(multihost_utils.broadcast_one_to_all(value))
+    value = scalars.get(metric, float("nan")) if metric else float("nan")
+    best_file = workdir / "best" / BEST_FILE
     if is_main:
         writer.write_scalars(step, scalars)
         with open(workdir / "metrics.jsonl", "a") as f:
@@ -420,11 +419,13 @@ def _evaluate(live: Any, config: ml_collections.ConfigDict, state: TrainState, s
               f"{int(scalars['eval/n_samples'])} records", flush=True)
         if metric and metric not in scalars:
             logging.warning("best_metric %s not in the evaluation (%s)", metric, sorted(scalars))
-    if not metric or not np.isfinite(value):
-        return
-    best_file = workdir / "best" / BEST_FILE
-    best = json.loads(best_file.read_text()) if best_file.exists() else None
-    if best is not None and best["metric"] == metric and value <= best["value"]:
+    # Process 0 holds the merged summary: it decides, every process follows.
+    best = json.loads(best_file.read_text()) if is_main and best_file.exists() else None
+    better = bool(is_main and metric and np.isfinite(value) and (
+        best is None or best["metric"] != metric or value > best["value"]))
+    if jax.process_count() > 1:
+        better = bool(multihost_utils.broadcast_one_to_all(np.int32(better)))
+    if not better:
         return
     export_lib.write_model(workdir / "best", config, state.params, frozen, tokenizer_dir)
     if is_main:
