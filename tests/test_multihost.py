@@ -85,10 +85,10 @@ def _launch(env: dict, workdir: Path, processes: int, *extra: str) -> list[subpr
         for i in range(processes)]
 
 
-def _wait(procs: list[subprocess.Popen], returncode: int = 0) -> None:
+def _wait(procs: list[subprocess.Popen], returncodes: tuple[int, ...] = (0,)) -> None:
     for p in procs:
         out, _ = p.communicate(timeout=1800)
-        assert p.returncode == returncode, out[-5000:]
+        assert p.returncode in returncodes, out[-5000:]
 
 
 def _order(workdir: Path, process: int) -> dict[int, list[int]]:
@@ -135,7 +135,10 @@ def runs(env) -> dict[str, Path]:
     one, multi = env["root"] / "one", env["root"] / "multi"
     ref = _launch(env, one, 1, *STEPS)
     killed = _launch(env, multi, 2, *STEPS, "--sigkill_after_step=2")
-    _wait(killed, returncode=-9)
+    # Each process SIGKILLs itself after the step-2 checkpoint; one that is slower to get there
+    # is aborted (SIGABRT) by JAX when the coordinator (in process 0) disappears.
+    _wait(killed, returncodes=(-9, -6))
+    assert killed[0].returncode == -9
     assert (multi / "checkpoints" / "2").is_dir() and not (multi / "export").exists()
     # Every process wrote its own shards of the state.
     assert {p.name for p in (multi / "checkpoints" / "2" / "state").glob("ocdbt.process_*")} == {
