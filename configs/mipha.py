@@ -24,4 +24,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                  attention_impl="auto", scan=True, seg_probe_heads="mean",
                  remat_policy="none" if arg == "tiny" else "dots_no_batch",
                  lora=LoRAConfig(rank=8))))  # r8 on q/v, alpha 16 (the paper)
+    # The key every config has (in-training evaluation every N steps, 0: off); this config
+    # describes the MLLM alone and trains nothing.
+    config.eval_every = 0
     return config

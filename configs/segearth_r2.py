@@ -115,18 +115,31 @@ def base() -> ml_collections.ConfigDict:
     c.total_steps = 50_000
     c.log_every = 50
     c.export = True  # at total_steps, write the merged inference model to <workdir>/export
-    c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # In-training evaluation every eval_every steps (0: off): teacher-forced on
+    # data.eval_split (its first eval.limit records; 0: all), with the live parameters.
+    c.eval_every = 0
+    # best_metric: an in-training eval metric ("eval/gIoU", "eval/cIoU",
+    # "eval/<subset>/gIoU", ...; higher is better) whose best value's model is exported to
+    # workdir/best; "" keeps none.
+    c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True,
+                                                  best_metric="eval/gIoU"))
+    # Mesh (data, fsdp; -1 takes the remaining devices), laid out from the topology. dcn_data x
+    # dcn_fsdp > 1: a hybrid mesh over that many granules (TPU slices; processes elsewhere),
+    # each axis spanning dcn_<axis> of them (sharding.make_mesh).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, dcn_data=1, dcn_fsdp=1))
+    # enabled: jax.distributed.initialize(), which detects the cluster (SLURM, TPU pods,
+    # Kubernetes/GKE, Open MPI); the other keys (None: detected) override it.
     c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address=None, num_processes=None, process_id=None,
-        cpu_collectives="gloo"))
+        enabled=False, coordinator_address=ml_collections.config_dict.placeholder(str),
+        num_processes=ml_collections.config_dict.placeholder(int),
+        process_id=ml_collections.config_dict.placeholder(int), cpu_collectives="gloo"))
     # mode: "teacher_forced" (prompt + GT answer, the official protocol), "generate", or
     # "auto": teacher-forced for the segearth_r2 preset (the paper's numbers), else generate.
     # questions: "all" (every question of an image), "first" (one per image, the SegEarth-R1
     # EarthReason protocol), or "auto": "first" for the segearth_r1 preset, else "all".
     c.eval = ml_collections.ConfigDict(dict(
         preset="segearth_r2", mode="auto", questions="auto", batch_size=4, max_new_tokens=128,
-        temperature=0.0))
+        temperature=0.0, limit=0))
     return c
 
 

@@ -43,7 +43,7 @@ def random_tiny_export(out: Path) -> Path:
     import jax
 
     from configs import tiny
-    from segearth_jax import text, train
+    from segearth_jax import export, text, train
 
     config = tiny.get_config()
     tok = out / "tokenizer_src"
@@ -62,7 +62,7 @@ def random_tiny_export(out: Path) -> Path:
     params = jax.tree_util.tree_map_with_path(draw, shapes)
     seg = text.load_tokenizer(tok).convert_tokens_to_ids(text.SEG)
     params["mllm"]["llm"]["lm_head"]["kernel"][:, seg] *= 40.0
-    return train.export(out / "export", config, params, tok)
+    return export.write_model(out / "export", config, jax.device_put(params), {}, tok)
 
 
 def write_scene(path: Path, size: int, tile: int = 1024, border: int = 64) -> None:

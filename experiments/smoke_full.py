@@ -13,7 +13,7 @@ peak counter is reset after the setup; init: over the whole process), and `finit
 output checked is finite (asserted).
 
 Setup for predict: `Trainer.init` (random weights, frozen bf16), then the training export
-(`train.export`, merged LoRA) into a temporary folder with a small byte-level tokenizer, which
+(`export.write_model`, merged LoRA) into a temporary folder with a small byte-level tokenizer, which
 `SegEarthPredictor` loads as it loads any export. Random weights rarely emit `[SEG]`, so the
 setup makes every generated token `[SEG]` (final layer norm: scale 0, bias b; the lm_head column
 of `[SEG]`: 10 b): the decoder then runs its `max_new_tokens` steps and the head segments
@@ -89,8 +89,8 @@ def always_seg(params: dict, seg_id: int) -> dict:
 
 def run_predict(config, new_tokens: int) -> dict:
     from segearth_jax import predict, text
+    from segearth_jax.export import write_model
     from segearth_jax.inference import SegEarthPredictor
-    from segearth_jax.train import export
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -101,7 +101,7 @@ def run_predict(config, new_tokens: int) -> dict:
         state, frozen = Trainer(config).init(0)
         params = always_seg(optim.merge_params(state.params, frozen), seg_id)
         del state, frozen
-        export(tmp / "export", config, params, tok_dir)
+        write_model(tmp / "export", config, params, {}, tok_dir)
         del params
         base = cpu_memory_reset()
         t0 = time.perf_counter()

@@ -28,13 +28,19 @@ def save_params(directory: str | Path, params: Any) -> None:
 
 def restore_params(directory: str | Path, target: Any | None = None) -> Any:
     """Reads `directory/params`; with `target` (arrays or ShapeDtypeStructs, e.g. from
-    `jax.eval_shape`) the tree, dtypes and shardings are checked and cast to it."""
+    `jax.eval_shape`) the tree, dtypes and shardings are checked and cast to it. Without one,
+    every array is read whole onto this process's first device, whatever the topology that
+    wrote it (a multi-host export's shards are reassembled)."""
     path = Path(directory).absolute() / "params"
     if not path.exists():
         raise cli.MissingFile(f"{directory}: no parameter checkpoint ({path} is missing)")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
-            return ckptr.restore(path)
+            one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            target = jax.tree_util.tree_map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=one),
+                ckptr.metadata(path).item_metadata.tree)
+            return ckptr.restore(path, target)
         target = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
             target)

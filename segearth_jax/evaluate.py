@@ -129,20 +129,8 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
         b = len(batch["record_index"])
         results = run(_pad_batch(batch, config.eval.batch_size))[:b]
         for i, res in enumerate(results):
-            rec = source[int(batch["record_index"][i])]
-            line: dict[str, Any] = dict(id=_str(rec["id"]), subset=_str(rec["subset"]))
-            if not forced:
-                line.update(answer=res["answer"],
-                            n_seg_emitted=int(np.sum(res["tokens"] == predictor.seg_id)))
-            try:
-                gt = np.asarray(rec["masks"]).astype(bool)
-                hw = tuple(int(x) for x in batch["image_hw"][i])
-                pred = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]), hw,
-                                      data_cfg.image_size)
-            except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
-                line["error"] = f"{type(e).__name__}: {e}"
-                pred = gt = None
-            yield line, pred, gt
+            yield record_result(source[int(batch["record_index"][i])], batch, i, res,
+                                data_cfg.image_size, None if forced else predictor.seg_id)
         n_done += b
         rate = n_done / max(time.time() - t0, 1e-9)
         if jax.process_index() == 0:
@@ -151,6 +139,126 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
         if limit is not None and n_done >= limit:
             break
     print(file=sys.stderr if jax.process_index() else sys.stdout)
+
+
+def record_result(rec: dict, batch: dict[str, np.ndarray], i: int, res: dict[str, Any],
+                  image_size: int, seg_id: int | None = None) -> tuple[dict, Any, Any]:
+    """Row `i` of an eval `batch` and its model result `res` (mask_logits [n, S/4, S/4] on the
+    canvas grid; with `seg_id`, generate mode: also answer and tokens) for the source record
+    `rec` -> (line, predicted masks [n, H, W] bool, GT masks [N, H, W] bool), as `predictions`
+    yields them; a failure is the line's "error" (masks None)."""
+    line: dict[str, Any] = dict(id=_str(rec["id"]), subset=_str(rec["subset"]))
+    if seg_id is not None:
+        line.update(answer=res["answer"], n_seg_emitted=int(np.sum(res["tokens"] == seg_id)))
+    try:
+        gt = np.asarray(rec["masks"]).astype(bool)
+        hw = tuple(int(x) for x in batch["image_hw"][i])
+        pred = masks_to_image(res["mask_logits"], tuple(batch["canvas_hw"][i]), hw, image_size)
+    except Exception as e:  # noqa: BLE001 - reported in the summary, never scored
+        line["error"] = f"{type(e).__name__}: {e}"
+        pred = gt = None
+    return line, pred, gt
+
+
+def summary_scalars(summary: dict[str, Any], prefix: str = "eval/") -> dict[str, float]:
+    """An evaluator summary -> flat scalars to log: `eval/gIoU`, `eval/cIoU` (the average row),
+    `eval/<subset>/gIoU`, `eval/<subset>/cIoU`, `eval/n_samples`, `eval/n_failed`."""
+    out = {f"{prefix}{k}": float(summary["average"][k]) for k in ("gIoU", "cIoU")
+           if summary["average"][k] is not None}
+    for name, row in summary["subsets"].items():
+        out.update({f"{prefix}{name}/{k}": float(row[k]) for k in ("gIoU", "cIoU")
+                    if row[k] is not None})
+    out.update({f"{prefix}n_samples": float(summary["average"]["n_samples"]),
+                f"{prefix}n_failed": float(summary["average"]["n_failed"])})
+    return out
+
+
+class LiveEvaluation:
+    """Teacher-forced evaluation inside training (`config.eval_every`), with the live
+    (trainable, frozen) parameters where they are: global arrays on the training mesh, however
+    sharded, LoRA unmerged. The first `config.eval.limit` records (0: all) of
+    `config.data.eval_split` (under `config.eval.questions`) run in global batches of
+    `config.eval.batch_size` (the last one padded by repeating its last record), each process
+    reading the rows its devices hold (`sharding.process_rows`, like training); a row held by
+    several processes is scored by one of them (`sharding.row_owners`), and the results merge on
+    process 0 through `out` (storage every process sees), as `evaluate` does.
+
+        live = LiveEvaluation(config, model, mesh, (trainable_sh, frozen_sh), tokenizer, out)
+        summary = live(trainable, frozen)   # the merged summary on process 0, partial elsewhere
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, model: Any, mesh: Any,
+                 param_shardings: tuple[Any, Any], tokenizer: Any, out: Path):
+        from segearth_jax import optim, sharding
+        from segearth_jax.input import pipeline
+
+        self.preset = config.eval.preset
+        if self.preset not in metrics.PRESETS:
+            raise cli.BadValue(f"config.eval.preset {self.preset!r}: one of "
+                               f"{sorted(metrics.PRESETS)}")
+        questions = resolve_questions(config.eval.questions, self.preset)
+        source = open_eval_source(config, config.data.eval_split, questions)
+        self.n = len(source) if not config.eval.limit else min(config.eval.limit, len(source))
+        if self.n == 0:
+            raise cli.BadValue(f"config.data.eval_split {config.data.eval_split!r} has no records")
+        bs = config.eval.batch_size
+        axes = sharding.batch_axes(mesh, bs)
+        positions = list(range(self.n))
+        positions += [self.n - 1] * (-self.n % bs)
+        self.records = _Subset(source, positions)  # position p -> record positions[p]
+        rows = sharding.process_rows(mesh, bs, axes)
+        self.mine = sharding.row_owners(mesh, bs, axes)[rows] == jax.process_index()
+        data_cfg = config.data.copy_and_resolve_references()
+        with data_cfg.unlocked():
+            data_cfg.batch_size = bs
+        self.image_size, self.out, self.mesh = data_cfg.image_size, out, mesh
+        self.loader = pipeline.make_loader(
+            self.records, tokenizer, data_cfg, train=False, seed=config.seed, rows=rows,
+            num_epochs=1, worker_count=config.data.worker_count, teacher_forced=True)
+        self.keys = ("input_ids", "siglip_pixels", "pixels", "seg_positions", "seg_valid")
+        self.bs, self.axes = bs, axes
+        self.compiled = None
+
+        def forward(trainable, frozen, ids, sp, px, pos, valid):
+            params = optim.merge_params(trainable, frozen)
+            return model.apply({"params": params}, ids, sp, px, pos, valid)["mask_logits"][-1]
+
+        # The logits stay split over the batch axes: each process reads its own rows.
+        self.forward = jax.jit(forward, out_shardings=sharding.batch_sharding(mesh, 4, axes),
+                               in_shardings=(*param_shardings, *(
+                                   sharding.batch_sharding(mesh, nd, axes)
+                                   for nd in (2, 4, 4, 2, 2))))
+
+    def __call__(self, trainable: Any, frozen: Any) -> dict[str, Any]:
+        from segearth_jax import sharding
+
+        evaluator = metrics.Evaluator(metrics.PRESETS[self.preset])
+        for batch in self.loader:
+            glob = sharding.global_batch(self.mesh, {k: batch[k] for k in self.keys}, self.bs,
+                                         self.axes)
+            args = (trainable, frozen, *(glob[k] for k in self.keys))
+            if self.compiled is None:  # compiled ahead, then all processes start together
+                self.compiled = self.forward.lower(*args).compile()
+                sharding.barrier("eval compiled")
+            logits = self.compiled(*args)
+            local = {}
+            for shard in logits.addressable_shards:
+                start = shard.index[0].start or 0
+                for j, row in enumerate(np.asarray(shard.data, np.float32)):
+                    local[start + j] = row
+            rows = sorted(local)  # == this process's rows, the batch's order
+            n_seg = np.asarray(batch["seg_valid"]).sum(axis=1)
+            for i, row in enumerate(rows):
+                p = int(batch["record_index"][i])
+                if not self.mine[i] or p >= self.n:  # scored by another process, or padding
+                    continue
+                res = dict(mask_logits=local[row][:n_seg[i]])
+                score(evaluator, *record_result(self.records[p], batch, i, res,
+                                                self.image_size))
+        if jax.process_count() > 1:
+            sharding.barrier("eval scored")  # the merge is a collective; scoring takes a while
+            evaluator = _merge_processes(evaluator, self.out)
+        return evaluator.summary()
 
 
 def score(evaluator: metrics.Evaluator, line: dict, pred: Any, gt: Any) -> None:

@@ -28,12 +28,12 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segearth_jax import checkpoint, cli, losses, optim, sharding
+from segearth_jax import cli, losses, optim, sharding
+from segearth_jax import export as export_lib
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
 from segearth_jax.input.batch import example_batch
 from segearth_jax.input.settings import Settings
-from segearth_jax.models.lora import merge_lora
 from segearth_jax.models.segearth_r2 import SegEarthR2, SegEarthR2Config, seg_attention
 
 
@@ -162,7 +162,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, devices: Any = None):
         self.config = config
-        self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+        self.mesh = sharding.mesh_from_config(config.mesh, devices)
         self.model = build_model(config)
         Settings.from_config(config.data).check_model(self.model.config)
         self.tx = optim.make_optimizer(config)
@@ -171,6 +171,9 @@ class Trainer:
         # The axes each (micro-)batch splits over (data x fsdp, or data alone when its rows do
         # not divide over every device: then replicated over fsdp).
         self.batch_axes = sharding.batch_axes(self.mesh, self.batch_size // self.accum_steps)
+        # The rows of every global batch this process reads: those its devices hold (processes
+        # of one data replica read the same rows; the global order is that of one process).
+        self.rows = sharding.process_rows(self.mesh, self.batch_size, self.batch_axes)
         self.batch_keys = tuple(example_batch(config, 1))  # the step's inputs
 
     def init(self, rng_seed: int) -> tuple[TrainState, Any]:
@@ -241,19 +244,24 @@ class Trainer:
                        donate_argnums=0)
 
     def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's rows of the step's inputs -> global arrays over the mesh."""
+        """This process's rows (`self.rows`) of the step's inputs -> global arrays over the
+        mesh."""
         return sharding.global_batch(self.mesh, {k: local[k] for k in self.batch_keys},
-                                     self.batch_axes)
+                                     self.batch_size, self.batch_axes)
 
 
 # ---------------------------------------------------------------------------------------------
 # Data, tokenizer, checkpoints
 
 
-def checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.checkpoint.keep, save_interval_steps=1,
-        enable_async_checkpointing=config.checkpoint.async_save)
+def checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict, *,
+                       read_only: bool = False) -> ocp.CheckpointManager:
+    """The run's orbax manager over `workdir/checkpoints` (every process writes its shards of
+    the state: the workdir must be on storage all processes see, e.g. NFS or `gs://`)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
+                                           create=False) if read_only else \
+        ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, save_interval_steps=1,
+                                     enable_async_checkpointing=config.checkpoint.async_save)
     return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
@@ -280,26 +288,12 @@ def restore(mngr: ocp.CheckpointManager, state: TrainState, data_iter: Any) -> T
     return out.state
 
 
-def export(directory: Path, config: ml_collections.ConfigDict, params: dict, tokenizer_dir: Path
-           ) -> Path:
-    """A merged-LoRA inference checkpoint (kind `segearth_r2`, LoRA rank 0) for evaluate/predict."""
-    import shutil
-
-    lora = dict(config.model.mllm.llm.lora)
-    scaling = lora["alpha"] / lora["rank"] if lora["rank"] else 0.0
-    merged = jax.device_get(merge_lora(params, scaling)) if lora["rank"] else jax.device_get(params)
-    model = config.model.to_dict()
-    model["mllm"]["llm"]["lora"] = {**lora, "rank": 0, "dropout": 0.0}
-    if jax.process_index() == 0:
-        if directory.exists():
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
-        checkpoint.save_params(directory, merged)
-        checkpoint.write_model_spec(directory, {
-            "kind": "segearth_r2", "model": model,
-            "input": Settings.from_config(config.data).to_spec()})
-        shutil.copytree(tokenizer_dir, directory / "tokenizer")
-    return directory
+def restore_state(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> TrainState:
+    """The `state` item of checkpoint `step`, read into the shapes, dtypes and shardings of
+    `state` (orbax reshards: the mesh may differ from the run's)."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    return mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract))).state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,25 +322,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config)
     trainer = Trainer(config)
+    export_lib.save_config(workdir, config)
     source = sources.open_source(config.data, config.data.train_split)
     tokenizer = sources.load_or_make_tokenizer(config, workdir, source)
     tokenizer_dir = workdir / "tokenizer"
     if config.tokenizer != "train" and jax.process_index() == 0 and not tokenizer_dir.exists():
         tokenizer.save_pretrained(str(tokenizer_dir))
     loader = pipeline.make_loader(source, tokenizer, config.data, train=True, seed=config.seed,
-                                  worker_count=config.data.worker_count)
+                                  rows=trainer.rows, worker_count=config.data.worker_count)
     data_iter = iter(loader)
+
+    live = None
+    if config.eval_every:
+        from segearth_jax import evaluate
+
+        _check_best_metric(config.checkpoint.best_metric)
+        live = evaluate.LiveEvaluation(
+            config, trainer.model, trainer.mesh,
+            (trainer.state_sharding.params, trainer.frozen_sharding), tokenizer, workdir / "eval")
 
     state, frozen = trainer.init(config.seed)
     _print_layout(trainer)
+    sharding.barrier("initialized")  # the manager's first barrier is a collective
     mngr = checkpoint_manager(workdir, config)
     if mngr.latest_step() is not None:
         state = restore(mngr, state, data_iter)
         logging.info("resumed from %s at step %d", workdir, int(state.step))
-    state, last = _loop(trainer, state, frozen, data_iter, mngr, workdir, on_step)
+    evaluation = None if live is None else functools.partial(
+        _evaluate, live, config, frozen=frozen, workdir=workdir, tokenizer_dir=tokenizer_dir)
+    state, last = _loop(trainer, state, frozen, data_iter, mngr, workdir, on_step, evaluation)
     if int(jax.device_get(state.step)) >= config.total_steps and config.export:
-        params = optim.merge_params(jax.device_get(state.params), jax.device_get(frozen))
-        export(workdir / "export", config, params, tokenizer_dir)
+        export_lib.write_model(workdir / "export", config, state.params, frozen, tokenizer_dir)
         if jax.process_index() == 0:
             print(f"exported the merged model to {workdir / 'export'}", flush=True)
     mngr.close()
@@ -363,13 +369,68 @@ def _print_layout(trainer: Trainer) -> None:
              if trainer.batch_axes != sharding.BATCH_AXES else ""), flush=True)
 
 
+BEST_FILE = "best.json"  # in workdir/best: {"step", "metric", "value"}
+
+
+def _check_best_metric(metric: str) -> None:
+    if metric and not (metric in ("eval/gIoU", "eval/cIoU")
+                       or (metric.startswith("eval/") and metric.endswith(("/gIoU", "/cIoU")))):
+        raise cli.BadValue(f"config.checkpoint.best_metric {metric!r}: \"\" (none), "
+                           "\"eval/gIoU\", \"eval/cIoU\" or \"eval/<subset>/gIoU|cIoU\"")
+
+
+def _evaluate(live: Any, config: ml_collections.ConfigDict, state: TrainState, step: int,
+              writer: Any, *, frozen: Any, workdir: Path, tokenizer_dir: Path) -> None:
+    """In-training evaluation at `step` (`evaluate.LiveEvaluation`): gIoU/cIoU of the average
+    and of every subset to the writer (TensorBoard) and metrics.jsonl (a line with "eval/..."
+    keys); when `checkpoint.best_metric` improves on `workdir/best/best.json`, the model is
+    exported to `workdir/best` (every process writes its shards)."""
+    from jax.experimental import multihost_utils
+
+    from segearth_jax import evaluate
+
+    is_main = jax.process_index() == 0
+    summary = live(state.params, frozen)
+    scalars = evaluate.summary_scalars(summary)  # process 0 holds the merged summary
+    metric = config.checkpoint.best_metric
+    value = scalars.get(metric, float("nan")) if metric else float("nan")
+    best_file = workdir / "best" / BEST_FILE
+    if is_main:
+        writer.write_scalars(step, scalars)
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        print(f"eval at step {step}: gIoU {scalars.get('eval/gIoU', float('nan')):.4f} "
+              f"cIoU {scalars.get('eval/cIoU', float('nan')):.4f} over "
+              f"{int(scalars['eval/n_samples'])} records", flush=True)
+        if metric and metric not in scalars:
+            logging.warning("best_metric %s not in the evaluation (%s)", metric, sorted(scalars))
+    # Process 0 holds the merged summary: it decides, every process follows.
+    best = json.loads(best_file.read_text()) if is_main and best_file.exists() else None
+    better = bool(is_main and metric and np.isfinite(value) and (
+        best is None or best["metric"] != metric or value > best["value"]))
+    if jax.process_count() > 1:
+        better = bool(multihost_utils.broadcast_one_to_all(np.int32(better)))
+    if not better:
+        return
+    export_lib.write_model(workdir / "best", config, state.params, frozen, tokenizer_dir)
+    if is_main:
+        best_file.write_text(json.dumps({"step": step, "metric": metric,
+                                         "value": float(value)}) + "\n")
+        print(f"best {metric} {float(value):.4f} at step {step}: exported to "
+              f"{workdir / 'best'}", flush=True)
+    sharding.barrier("best written")
+
+
 def _loop(trainer: Trainer, state: TrainState, frozen: Any, data_iter: Any,
           mngr: ocp.CheckpointManager, workdir: Path,
-          on_step: Callable[[StepEnd], None] | None) -> tuple[TrainState, dict[str, float]]:
+          on_step: Callable[[StepEnd], None] | None,
+          evaluation: Callable[[TrainState, int, Any], None] | None = None
+          ) -> tuple[TrainState, dict[str, float]]:
     """Steps from `state.step` to `total_steps`: metrics logged every `log_every` steps (means
     since the previous line) to the clu writer (console + TensorBoard) and metrics.jsonl, the
     progress (steps/s, ETA) by clu's `ReportProgress`; checkpoints every `checkpoint.every`
-    steps, at the end, and on SIGTERM (then it returns early)."""
+    steps, at the end, and on SIGTERM (then it returns early); `evaluation(state, step, writer)`
+    every `eval_every` steps (after that step's checkpoint)."""
     # Imported here: clu's writers import TensorFlow, which the Trainer does not need.
     from clu import metric_writers, periodic_actions
 
@@ -384,11 +445,16 @@ def _loop(trainer: Trainer, state: TrainState, frozen: Any, data_iter: Any,
     old = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
     last: dict[str, float] = {}
     window, window_sum = 0, None  # metrics summed on device since the last log line
+    step_fn = None
     try:
         for step in range(start, total):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 local = next(data_iter)
-                state, metrics = trainer.step_fn(state, frozen, trainer.global_batch(local))
+                batch = trainer.global_batch(local)
+                if step_fn is None:  # compiled ahead, then all processes start together
+                    step_fn = trainer.step_fn.lower(state, frozen, batch).compile()
+                    sharding.barrier("step compiled")
+                state, metrics = step_fn(state, frozen, batch)
             window += 1
             window_sum = metrics if window_sum is None else jax.tree.map(
                 jnp.add, window_sum, metrics)
@@ -404,6 +470,8 @@ def _loop(trainer: Trainer, state: TrainState, frozen: Any, data_iter: Any,
             progress(done)
             if done % config.checkpoint.every == 0 or done == total or stop["signal"]:
                 save(mngr, state, data_iter)
+            if evaluation is not None and done % config.eval_every == 0:
+                evaluation(state, done, writer)
             if on_step is not None:
                 on_step(StepEnd(done, local, state, mngr))
             if stop["signal"]:

@@ -21,9 +21,9 @@ from segearth_jax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAMS = ["segearth_jax.train", "segearth_jax.evaluate", "segearth_jax.predict",
-            "segearth_jax.generate", "segearth_jax.app", "convert.mipha", "convert.swin",
-            "convert.mask2former", "convert.segearth_r2", "convert.tiny_mipha", "data.builders",
-            "data.synthetic", "experiments.eval_protocols"]
+            "segearth_jax.generate", "segearth_jax.app", "segearth_jax.export", "convert.mipha",
+            "convert.swin", "convert.mask2former", "convert.segearth_r2", "convert.tiny_mipha",
+            "data.builders", "data.synthetic", "experiments.eval_protocols"]
 
 
 def _cases(t: Path) -> dict[str, tuple[list[str], list[str], bool]]:
@@ -70,6 +70,10 @@ def _cases(t: Path) -> dict[str, tuple[list[str], list[str], bool]]:
                                    str(t / "no.png"), "--prompt", "x"], ["no.png"], False),
         "generate_missing_checkpoint": (["segearth_jax.generate", "--model", ckpt, "--prompt",
                                          "x"], ["--checkpoint", ckpt], False),
+        "export_missing_workdir": (["segearth_jax.export", "--workdir", str(t / "no_run")],
+                                   ["--workdir", str(t / "no_run")], False),
+        "export_not_a_run": (["segearth_jax.export", "--workdir", str(t / "not_a_model")],
+                             [str(t / "not_a_model" / "config.json"), "--workdir"], False),
         "mipha_truncated_shard": (["convert.mipha", "--src", str(shards), "--out", str(t / "o"),
                                    "--variant", "tiny"], [names[0]], True),
         "converter_existing_out": (["convert.swin", "--src", str(t / "swin.pth"), "--out",

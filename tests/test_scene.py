@@ -291,7 +291,7 @@ def tiny_export(tmp_path_factory, tokenizer_dir) -> Path:
     import jax
 
     from configs import tiny
-    from segearth_jax import text, train
+    from segearth_jax import export, text, train
 
     config = tiny.get_config()
     shapes = jax.eval_shape(train.random_params(config, train.build_model(config)),
@@ -307,8 +307,8 @@ def tiny_export(tmp_path_factory, tokenizer_dir) -> Path:
     params = jax.tree_util.tree_map_with_path(draw, shapes)
     seg = text.load_tokenizer(tokenizer_dir).convert_tokens_to_ids(text.SEG)
     params["mllm"]["llm"]["lm_head"]["kernel"][:, seg] *= 40.0
-    return train.export(tmp_path_factory.mktemp("model") / "export", config, params,
-                        tokenizer_dir)
+    return export.write_model(tmp_path_factory.mktemp("model") / "export", config,
+                              jax.device_put(params), {}, tokenizer_dir)
 
 
 def test_scene_prompts_equal_single_runs_bit_for_bit(scenes, tiny_export, tmp_path):

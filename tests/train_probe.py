@@ -72,8 +72,7 @@ def main() -> None:
         jax.device_get(optim.merge_params(state.params, frozen)), sep="/")
     full = random_batch(config)
     n, i = jax.process_count(), jax.process_index()
-    per = config.data.batch_size // n
-    local = {k: v[i * per:(i + 1) * per] for k, v in full.items()}
+    local = {k: v[trainer.rows] for k, v in full.items()}
     losses = []
     for _ in range(a.steps):
         state, metrics = trainer.step_fn(state, frozen, trainer.global_batch(local))

@@ -9,9 +9,12 @@ of `datasets.features()` (`builder.as_data_source()[split]`, or a list of dicts)
     id, subset, image_name, instruction, answer: text (str or bytes)
     image: PNG bytes of the RGB uint8 image; masks: uint8 [N, H, W] 0/1 ([0, H, W] if absent)
     has_masks: bool; height, width: int
-Records are read by index, sharded per JAX process (`ShardByJaxProcess`, drop_remainder), shuffled
-when training, decoded (cv2.imdecode) and preprocessed by `Preprocess` in `worker_count` worker
-processes, then batched to the per-process batch `batch_size // shard_count`.
+Records are read by index, shuffled when training, decoded (cv2.imdecode) and preprocessed by
+`Preprocess` in `worker_count` worker processes, then batched. Which records a process reads:
+either `rows` (training: the rows of every global batch that this process's devices hold,
+`sharding.process_rows`; the global order is the same whatever the process count, and processes
+of one data replica read the same rows), or `shard_options` (evaluation: `ShardByJaxProcess`,
+each process its own records, batched to `batch_size // shard_count`).
 
 Train batch (B = per-process batch, L = max_len, S = image_size, Sg = siglip_size,
 g = siglip_size // patch_size, Q = max_seg):
@@ -245,14 +248,39 @@ def validate_records(source, tokenizer, settings: Settings, *, train: bool) -> V
     return Validation(np.asarray(kept, np.int64), skipped, truncated)
 
 
+class RowSampler:
+    """The global sequence of `inner` (one sampler for all processes) cut into global batches
+    of `batch_size` positions, of which this process reads `rows`: local index i is row
+    `rows[i % k]` of global batch `i // k` (k = len(rows)). Picklable, with a stable repr
+    (grain checks it when restoring an iterator state)."""
+
+    def __init__(self, inner: grain.samplers.IndexSampler, rows: np.ndarray, batch_size: int):
+        self.inner, self.rows, self.batch_size = inner, np.asarray(rows, np.int64), batch_size
+
+    def __len__(self) -> int:
+        return len(self.inner) // self.batch_size * len(self.rows)
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        k = len(self.rows)
+        md = self.inner[(index // k) * self.batch_size + int(self.rows[index % k])]
+        return grain.RecordMetadata(index=index, record_key=md.record_key, rng=md.rng)
+
+    def __repr__(self) -> str:
+        return (f"RowSampler({self.inner!r}, rows {self.rows.tolist()} of "
+                f"{self.batch_size})")
+
+
 def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
+                rows: np.ndarray | None = None,
                 shard_options: grain.sharding.ShardOptions | None = None,
                 num_epochs: int | None = None, worker_count: int | None = None,
                 drop_remainder: bool = True, teacher_forced: bool = False) -> grain.DataLoader:
     """A grain DataLoader over `source` (see the module docstring).
 
     config: `config.data` (its keys: configs/segearth_r2.py). seed: shuffling seed (train).
-    shard_options: defaults to `ShardByJaxProcess(drop_remainder=True)`; the per-process batch is
+    rows: the rows of each global batch of `config.batch_size` this process reads (training,
+    `sharding.process_rows`); the per-process batch is `len(rows)`. Else shard_options: defaults
+    to `ShardByJaxProcess(drop_remainder=True)`; the per-process batch is
     `config.batch_size // shard_options.shard_count`. num_epochs: None repeats forever when
     training and reads once when evaluating. worker_count: defaults to `config.worker_count`.
     drop_remainder: drop the last partial batch; to see every record when evaluating, pass
@@ -264,13 +292,18 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     on_error = config.on_error
     if on_error not in ("raise", "skip"):
         raise ValueError(f"data.on_error={on_error!r}; expected 'raise' or 'skip'")
-    if shard_options is None:
-        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     batch_size = int(config["batch_size"])
-    if batch_size % shard_options.shard_count:
-        raise ValueError(f"data.batch_size={batch_size} is the global batch; it must divide by "
-                         f"the {shard_options.shard_count} processes")
-    per_process = batch_size // shard_options.shard_count
+    if rows is not None:
+        if shard_options is not None:
+            raise ValueError("make_loader: pass rows or shard_options, not both")
+        per_process = len(rows)
+    else:
+        if shard_options is None:
+            shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        if batch_size % shard_options.shard_count:
+            raise ValueError(f"data.batch_size={batch_size} is the global batch; it must divide "
+                             f"by the {shard_options.shard_count} processes")
+        per_process = batch_size // shard_options.shard_count
 
     validation = None
     indices = None
@@ -288,11 +321,17 @@ def make_loader(source, tokenizer, config: Any, *, train: bool, seed: int,
     workers = config.worker_count if worker_count is None else worker_count
     if num_epochs is None and not train:
         num_epochs = 1
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(indexed), shard_options=shard_options, shuffle=train,
-        num_epochs=num_epochs, seed=seed)
+    if rows is not None:  # one global sequence, cut by rows
+        shard_options = grain.sharding.NoSharding()
+        sampler = RowSampler(grain.samplers.IndexSampler(
+            num_records=len(indexed), shard_options=shard_options, shuffle=train,
+            num_epochs=num_epochs, seed=seed), rows, batch_size)
+    else:
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(indexed), shard_options=shard_options, shuffle=train,
+            num_epochs=num_epochs, seed=seed)
     loader = grain.DataLoader(
-        data_source=indexed, sampler=sampler,
+        data_source=indexed, sampler=sampler, shard_options=shard_options,
         operations=[Preprocess(tokenizer, s, train=train, teacher_forced=teacher_forced),
                     grain.transforms.Batch(batch_size=per_process, drop_remainder=drop_remainder)],
         worker_count=workers,

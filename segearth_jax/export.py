@@ -1,0 +1,160 @@
+"""Export a training checkpoint as an inference model: `python -m segearth_jax.export --workdir W
+[--step N] [--out DIR] [--distributed]`.
+
+The model directory (`checkpoint.py` layout, kind `segearth_r2`) holds the merged parameters
+(LoRA folded into its kernels: `kernel + lora_a @ lora_b * alpha / rank`, the model then built
+with LoRA rank 0), `model.json` and the tokenizer: what evaluate, predict and the app load.
+
+Multi-host: the parameters stay global arrays on the mesh from start to end. Each LoRA kernel is
+merged by its own jit whose output keeps the kernel's sharding (one leaf at a time: no process
+ever holds a second copy of the model, nor any array it does not own), and orbax writes the tree
+with every process writing its own shards, so the directory must be on storage every process
+sees (the workdir already is). Nothing calls `jax.device_get` on a parameter: under fsdp across
+hosts no process can address a whole one.
+
+The command reads `W/config.json` (written by training) and the orbax checkpoint of step N
+(default: the latest), rebuilds the frozen weights as training did (`config.init`, the seed) on
+a mesh of all devices with fsdp over every one of them (any device count reads the checkpoint;
+orbax reshards), and writes DIR (default `W/export_<step>`; it must be new or empty). It runs on
+one process, or, with --distributed, on every host of a cluster at once (jax.distributed with its
+cluster detection, or the run's `distributed` overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from segearth_jax import checkpoint, cli, optim, sharding
+from segearth_jax.input.settings import Settings
+from segearth_jax.models.lora import merge_lora
+
+CONFIG_FILE = "config.json"  # the training config, in the workdir
+
+
+def save_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Writes the run's config to `workdir/config.json` (process 0), for `export` to read."""
+    if jax.process_index() == 0:
+        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2, sort_keys=True) + "\n")
+
+
+def load_config(workdir: Path) -> ml_collections.ConfigDict:
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        raise cli.MissingFile(f"{path} is missing: --workdir takes the workdir of a training run "
+                              "(segearth_jax.train --workdir)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def merged_params(config: ml_collections.ConfigDict, params: dict) -> dict:
+    """The full parameter tree (global arrays) with every LoRA pair folded into its kernel, one
+    kernel at a time, each merged kernel in the kernel's sharding; other leaves are the inputs
+    themselves (no copy)."""
+    lora = config.model.mllm.llm.lora
+    if not lora.rank:
+        return params
+    scaling = lora.alpha / lora.rank
+
+    def walk(tree: Mapping[str, Any]) -> dict:
+        out = {}
+        for k, v in tree.items():
+            if isinstance(v, Mapping):
+                v = walk(v)
+                if "lora_a" in v:
+                    a, b = v.pop("lora_a"), v.pop("lora_b")
+                    merge = jax.jit(lambda kern, a, b: merge_lora(
+                        {"m": {"kernel": kern, "lora_a": a, "lora_b": b}}, scaling)["m"]["kernel"],
+                        out_shardings=v["kernel"].sharding)
+                    v["kernel"] = merge(v["kernel"], a, b)
+            out[k] = v
+        return out
+
+    return walk(params)
+
+
+def write_model(directory: Path, config: ml_collections.ConfigDict, trainable: dict,
+                frozen: dict, tokenizer_dir: Path) -> Path:
+    """Writes the merged model of `trainable` + `frozen` (global arrays, any sharding) to
+    `directory` (replaced if it exists). Every process must call it: each writes its shards."""
+    merged = merged_params(config, optim.merge_params(trainable, frozen))
+    if jax.process_index() == 0 and directory.exists():
+        shutil.rmtree(directory)
+    sharding.barrier(f"export {directory}: cleared")
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_params(directory, merged)
+    model = config.model.to_dict()
+    model["mllm"]["llm"]["lora"] = {**model["mllm"]["llm"]["lora"], "rank": 0, "dropout": 0.0}
+    if jax.process_index() == 0:
+        checkpoint.write_model_spec(directory, {
+            "kind": "segearth_r2", "model": model,
+            "input": Settings.from_config(config.data).to_spec()})
+        shutil.copytree(tokenizer_dir, directory / "tokenizer")
+    sharding.barrier(f"export {directory}: written")
+    return directory
+
+
+def export_checkpoint(workdir: str | Path, step: int | None = None,
+                      out: str | Path | None = None) -> Path:
+    """`W/checkpoints/<step>` (default: the latest) -> a model directory (default
+    `W/export_<step>`); returns it. See the module docstring."""
+    from segearth_jax import train
+
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    mngr = train.checkpoint_manager(workdir, config, read_only=True)
+    steps = sorted(mngr.all_steps())
+    if not steps:
+        raise cli.MissingFile(f"{workdir / 'checkpoints'}: no training checkpoint to export")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise cli.BadValue(f"--step {step}: no such checkpoint in {workdir / 'checkpoints'} "
+                           f"(steps: {', '.join(map(str, steps))})")
+    out = Path(out) if out else workdir / f"export_{step}"
+    cli.check_new_dir(out)
+    tokenizer_dir = workdir / "tokenizer"  # training keeps its tokenizer there
+    # fsdp over every device: the least memory per device, and any device count reads it.
+    with config.unlocked():
+        config.mesh.update(dict(data=1, fsdp=-1, dcn_data=1, dcn_fsdp=1))
+    trainer = train.Trainer(config)
+    state, frozen = trainer.init(config.seed)
+    state = train.restore_state(mngr, step, state)
+    mngr.close()
+    write_model(out, config, state.params, frozen, tokenizer_dir)
+    return out
+
+
+@cli.entry_point
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m segearth_jax.export",
+        description="Export a training checkpoint as a merged-LoRA model directory (params, "
+        "model.json, tokenizer) for evaluate / predict / the app.")
+    p.add_argument("--workdir", required=True, help="the training run's --workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", default=None, help="output directory, new or empty "
+                   "(default: WORKDIR/export_<step>)")
+    p.add_argument("--distributed", action="store_true",
+                   help="run on every process of a cluster (jax.distributed.initialize with its "
+                   "cluster detection, or the run's config.distributed overrides)")
+    a = p.parse_args(argv)
+    cli.check_dir(a.workdir, "--workdir", "the workdir of a training run")
+    if a.distributed:
+        config = load_config(Path(a.workdir))
+        with config.unlocked():
+            config.distributed.enabled = True
+        sharding.maybe_initialize_distributed(config)
+    out = export_checkpoint(a.workdir, a.step, a.out)
+    if jax.process_index() == 0:
+        print(f"exported {a.workdir} to {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
