@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging as absl_logging
 
 from segearth_jax import checkpoint, cli, optim, sharding
 from segearth_jax.input.settings import Settings
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="run on every process of a cluster (jax.distributed.initialize with its "
                    "cluster detection, or the run's config.distributed overrides)")
     a = p.parse_args(argv)
+    # orbax's absl notes (e.g. "Given directory is read only" for the run's checkpoints) would
+    # stand before the one `error:` line of a user error; its errors still raise.
+    absl_logging.set_verbosity(absl_logging.ERROR)
     cli.check_dir(a.workdir, "--workdir", "the workdir of a training run")
     if a.distributed:
         config = load_config(Path(a.workdir))

@@ -173,7 +173,9 @@ def _image(record) -> np.ndarray:
 def data_config(**kw):
     c = segearth_r2_config.base().data
     c.update(dict(siglip_size=56, image_size=64, patch_size=14, max_len=160, max_seg=3,
-                  max_prompt_len=128, batch_size=2, worker_count=0, prefetch=1, read_threads=1))
+                  max_prompt_len=128, batch_size=2, worker_count=0, prefetch=1, read_threads=1,
+                  # the short template (the official prompt where a test asks for it)
+                  official_prompt=False, seg_in_prompt=False))
     c.update(kw)
     return c
 

@@ -96,8 +96,11 @@ def test_two_processes_match_one(single, tmp_path):
 
 # Accumulation is compared under plain SGD, where an update is lr x gradient: the summed
 # micro-batch gradients must equal the one-batch gradient to fp32 rounding (relative to the
-# leaf's update), not merely to Adam's noise-amplified ~lr.
-ACCUM_SGD_LR, ACCUM_RTOL = 0.01, 1e-3
+# leaf's update), not merely to Adam's noise-amplified ~lr. 3e-3: on this project's 2-core CI
+# machine (2026-12-07) the pixel decoder's encoder linear1 kernel differs by 1.4e-3 of its update
+# (the same on the tree before this change: the summation order of XLA:CPU's kernels); a
+# per-micro-batch normalization is off by a factor of about accum_steps.
+ACCUM_SGD_LR, ACCUM_RTOL = 0.01, 3e-3
 
 
 def test_accum_micro_batches_give_the_one_batch_update(tmp_path):
