@@ -33,8 +33,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError, safe_open
 
 from segearth_jax import safe_pickle
-from segearth_jax.cli import check_new_dir
-from segearth_jax.errors import MissingFile, UserError
+from segearth_jax.errors import MissingFile, UserError, check_new_dir
 
 Array = np.ndarray
 

@@ -41,7 +41,7 @@ from pycocotools import mask as mask_utils
 
 from data.instructions import DIMENSIONS, SUBSETS, Spec, describe, pick_targets, spec_for
 from data.scenes import make_scene
-from segearth_jax import cli
+from segearth_jax import cli, errors
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -101,8 +101,8 @@ def _prepare(out: Path, overwrite: bool) -> None:
     `overwrite` (then only out/train and out/test are removed first)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise cli.OutputExists(f"--out {out} is not empty; pass --overwrite (overwrite=True)"
-                                   " to replace its train/ and test/ folders")
+            raise errors.OutputExists(f"--out {out} is not empty; pass --overwrite (overwrite=True)"
+                                      " to replace its train/ and test/ folders")
         for split in ("train", "test"):
             if (out / split).exists():
                 shutil.rmtree(out / split)
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     counts = generate(args.out, args.n, args.seed, args.size, args.test_fraction,
                       overwrite=args.overwrite, verbose=True, object_scale=args.object_scale,
-                      subsets=args.subsets)  # an existing --out: cli.OutputExists
+                      subsets=args.subsets)  # an existing --out: errors.OutputExists
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f} s: {counts['train']} train, "
           f"{counts['test']} test records, {counts['masks']} masks")
     for dim, names in DIMENSIONS.items():

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from segearth_jax import cli, visualize
+from segearth_jax import cli, errors, visualize
 from segearth_jax.predict import pictures, predict, read_image, result_json
 
 MAX_UPLOAD = "100mb"  # Gradio refuses larger uploads before they reach the app.
@@ -225,16 +225,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-size", type=int, default=32,
                         help="How many requests may wait at most (default: %(default)s).")
     args = parser.parse_args(argv)
-    cli.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a training "
-                  "export or a convert.segearth_r2 output)")
+    errors.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a training "
+                     "export or a convert.segearth_r2 output)")
     if not (Path(args.checkpoint) / "model.json").is_file():
-        raise cli.MissingFile(f"--checkpoint {args.checkpoint}: no model.json there (expected a "
-                              "training export or a convert.segearth_r2 output)")
+        raise errors.MissingFile(f"--checkpoint {args.checkpoint}: no model.json there (expected a "
+                                 "training export or a convert.segearth_r2 output)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing sent anywhere
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise cli.BadValue('the web app needs Gradio: pip install -e ".[app]"') from None
+        raise errors.BadValue('the web app needs Gradio: pip install -e ".[app]"') from None
     from segearth_jax.inference import SegEarthPredictor
 
     t = time.perf_counter()
@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                         ssr_mode=False, footer_links=["api"], css=CSS,
                         allowed_paths=[str(Path(args.examples).resolve())] if examples else None)
         except OSError as e:  # e.g. the port is taken
-            raise cli.BadValue(f"--host/--port: cannot serve on {args.host}:{args.port}: {e}"
-                               ) from None
+            raise errors.BadValue(f"--host/--port: cannot serve on {args.host}:{args.port}: {e}"
+                                  ) from None
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from segearth_jax import cli, errors
+from segearth_jax import errors
 
 
 def save_params(directory: str | Path, params: Any) -> None:
@@ -33,7 +33,7 @@ def restore_params(directory: str | Path, target: Any | None = None) -> Any:
     wrote it (a multi-host export's shards are reassembled)."""
     path = Path(directory).absolute() / "params"
     if not path.exists():
-        raise cli.MissingFile(f"{directory}: no parameter checkpoint ({path} is missing)")
+        raise errors.MissingFile(f"{directory}: no parameter checkpoint ({path} is missing)")
     with ocp.StandardCheckpointer() as ckptr:
         if target is None:
             one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -54,11 +54,11 @@ def write_model_spec(directory: str | Path, spec: dict[str, Any]) -> None:
 def read_model_spec(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "model.json"
     if not Path(directory).is_dir():
-        raise cli.MissingFile(f"{directory}: no such model directory (a converter's --out or a "
-                              "training export)")
+        raise errors.MissingFile(f"{directory}: no such model directory (a converter's --out or a "
+                                 "training export)")
     if not path.exists():
-        raise cli.MissingFile(f"{path} is missing: {directory} is not a converted model (a "
-                              "converter's --out) or a training export")
+        raise errors.MissingFile(f"{path} is missing: {directory} is not a converted model (a "
+                                 "converter's --out) or a training export")
     return json.loads(path.read_text())
 
 

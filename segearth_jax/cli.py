@@ -16,8 +16,10 @@ its traceback (status 1). `--help` exits 0.
         define_flags()
         cli.run_absl(main)
 
-Library code raises the classes of `segearth_jax.errors` (re-exported here for the programs);
-this module only formats them. It imports nothing heavy.
+Library code raises the classes of `segearth_jax.errors` and never imports this module (only the
+programs do: tests/test_package_imports.py lists them); the classes and the `check_dir` /
+`check_new_dir` helpers are re-exported here for the programs. This module only formats them; it
+imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from segearth_jax.errors import BadValue, MissingFile, OutputExists, UserError
+from segearth_jax.errors import (
+    BadValue,
+    MissingFile,
+    OutputExists,
+    UserError,
+    check_dir,
+    check_new_dir,
+)
 
 __all__ = ["BadValue", "MissingFile", "OutputExists", "UserError", "check_dir", "check_new_dir",
            "entry_point", "fail", "require_flags", "run_absl"]
@@ -42,21 +51,6 @@ def fail(message: Any, status: int = EXIT_USER) -> NoReturn:
     """Prints `error: message` on stderr and exits with `status`."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(status)
-
-
-def check_new_dir(path: str | os.PathLike, flag: str = "--out") -> None:
-    """Raises `OutputExists` if `path` exists and is not empty (without creating anything)."""
-    if os.path.isdir(path) and any(os.scandir(path)):
-        raise OutputExists(f"{flag} {path} exists and is not empty; choose a new {flag}")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputExists(f"{flag} {path} is a file; choose a new {flag}")
-
-
-def check_dir(path: str | os.PathLike, flag: str, what: str) -> None:
-    """Raises `MissingFile` naming `flag` if the directory `path` does not exist; `what` says
-    what the flag takes."""
-    if not os.path.isdir(path):
-        raise MissingFile(f"{flag} {path}: no such directory; {flag} takes {what}")
 
 
 def _quiet_logs() -> None:

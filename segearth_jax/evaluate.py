@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from segearth_jax import cli, metrics
+from segearth_jax import cli, errors, metrics
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
 
 MODES = ("teacher_forced", "generate")
@@ -77,8 +77,8 @@ def resolve_questions(questions: str | None, preset: str) -> str:
     if questions in (None, "", "auto"):
         return "first" if preset == "segearth_r1" else "all"
     if questions not in QUESTIONS:
-        raise cli.BadValue(f"--questions / config.eval.questions {questions!r}: one of "
-                           f"{QUESTIONS} or 'auto'")
+        raise errors.BadValue(f"--questions / config.eval.questions {questions!r}: one of "
+                              f"{QUESTIONS} or 'auto'")
     return questions
 
 
@@ -92,7 +92,7 @@ def resolve_mode(mode: str | None, preset: str) -> str:
     if mode in (None, "", "auto"):
         return "teacher_forced" if preset == "segearth_r2" else "generate"
     if mode not in MODES:
-        raise cli.BadValue(f"--mode / config.eval.mode {mode!r}: one of {MODES} or 'auto'")
+        raise errors.BadValue(f"--mode / config.eval.mode {mode!r}: one of {MODES} or 'auto'")
     return mode
 
 
@@ -194,13 +194,14 @@ class LiveEvaluation:
 
         self.preset = config.eval.preset
         if self.preset not in metrics.PRESETS:
-            raise cli.BadValue(f"config.eval.preset {self.preset!r}: one of "
-                               f"{sorted(metrics.PRESETS)}")
+            raise errors.BadValue(f"config.eval.preset {self.preset!r}: one of "
+                                  f"{sorted(metrics.PRESETS)}")
         questions = resolve_questions(config.eval.questions, self.preset)
         source = open_eval_source(config, config.data.eval_split, questions)
         self.n = len(source) if not config.eval.limit else min(config.eval.limit, len(source))
         if self.n == 0:
-            raise cli.BadValue(f"config.data.eval_split {config.data.eval_split!r} has no records")
+            raise errors.BadValue(f"config.data.eval_split {config.data.eval_split!r} has no "
+                                  "records")
         bs = config.eval.batch_size
         axes = sharding.batch_axes(mesh, bs)
         positions = list(range(self.n))
@@ -285,8 +286,8 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
     split = split or config.data.eval_split
     preset = preset or config.eval.preset
     if preset not in metrics.PRESETS:
-        raise cli.BadValue(f"--preset / config.eval.preset {preset!r}: one of "
-                           f"{sorted(metrics.PRESETS)}")
+        raise errors.BadValue(f"--preset / config.eval.preset {preset!r}: one of "
+                              f"{sorted(metrics.PRESETS)}")
     mode = resolve_mode(mode or config.eval.mode, preset)
     questions = resolve_questions(questions or config.eval.questions, preset)
     evaluator = metrics.Evaluator(metrics.PRESETS[preset])
@@ -392,8 +393,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.check_dir(FLAGS.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
-                  "convert.segearth_r2 --out or a training export)")
+    errors.check_dir(FLAGS.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
+                     "convert.segearth_r2 --out or a training export)")
     evaluate(FLAGS.config, FLAGS.checkpoint, split=FLAGS.split, preset=FLAGS.preset,
              out=FLAGS.out, limit=FLAGS.limit, mode=FLAGS.mode, questions=FLAGS.questions)
 

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 from absl import logging as absl_logging
 
-from segearth_jax import checkpoint, cli, optim, sharding
+from segearth_jax import checkpoint, cli, errors, optim, sharding
 from segearth_jax.input.settings import Settings
 from segearth_jax.models.lora import merge_lora
 
@@ -49,8 +49,8 @@ def save_config(workdir: Path, config: ml_collections.ConfigDict) -> None:
 def load_config(workdir: Path) -> ml_collections.ConfigDict:
     path = workdir / CONFIG_FILE
     if not path.exists():
-        raise cli.MissingFile(f"{path} is missing: --workdir takes the workdir of a training run "
-                              "(segearth_jax.train --workdir)")
+        raise errors.MissingFile(f"{path} is missing: --workdir takes the workdir of a training "
+                                 "run (segearth_jax.train --workdir)")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -112,14 +112,14 @@ def export_checkpoint(workdir: str | Path, step: int | None = None,
     mngr = train.checkpoint_manager(workdir, config, read_only=True)
     steps = sorted(mngr.all_steps())
     if not steps:
-        raise cli.MissingFile(f"{workdir / 'checkpoints'}: no training checkpoint to export")
+        raise errors.MissingFile(f"{workdir / 'checkpoints'}: no training checkpoint to export")
     if step is None:
         step = steps[-1]
     elif step not in steps:
-        raise cli.BadValue(f"--step {step}: no such checkpoint in {workdir / 'checkpoints'} "
-                           f"(steps: {', '.join(map(str, steps))})")
+        raise errors.BadValue(f"--step {step}: no such checkpoint in {workdir / 'checkpoints'} "
+                              f"(steps: {', '.join(map(str, steps))})")
     out = Path(out) if out else workdir / f"export_{step}"
-    cli.check_new_dir(out)
+    errors.check_new_dir(out)
     tokenizer_dir = workdir / "tokenizer"  # training keeps its tokenizer there
     # fsdp over every device: the least memory per device, and any device count reads it.
     with config.unlocked():
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     # orbax's absl notes (e.g. "Given directory is read only" for the run's checkpoints) would
     # stand before the one `error:` line of a user error; its errors still raise.
     absl_logging.set_verbosity(absl_logging.ERROR)
-    cli.check_dir(a.workdir, "--workdir", "the workdir of a training run")
+    errors.check_dir(a.workdir, "--workdir", "the workdir of a training run")
     if a.distributed:
         config = load_config(Path(a.workdir))
         with config.unlocked():

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segearth_jax import checkpoint, cli, text
+from segearth_jax import checkpoint, cli, errors, text
 from segearth_jax.models.mipha import Mipha, MiphaConfig
 
 
@@ -96,8 +96,8 @@ def load_model(directory: str | Path) -> tuple[Mipha, Any]:
     """A converted model directory (see `segearth_jax.checkpoint`) -> (module, params)."""
     spec = checkpoint.read_model_spec(directory)
     if spec.get("kind") != "mipha":
-        raise cli.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha' (a "
-                           "convert.mipha output)")
+        raise errors.BadValue(f"{directory}: model kind {spec.get('kind')!r}, expected 'mipha' (a "
+                              "convert.mipha output)")
     cfg = checkpoint.model_config(directory, spec, MiphaConfig.from_config)
     model = Mipha(cfg)
     params = checkpoint.restore_params(directory)
@@ -126,10 +126,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="The sampling temperature; 0 is greedy (default: %(default)s).")
     args = parser.parse_args(argv)
 
-    cli.check_dir(args.checkpoint, "--checkpoint",
-                  "a Mipha model directory (a convert.mipha --out)")
+    errors.check_dir(args.checkpoint, "--checkpoint",
+                     "a Mipha model directory (a convert.mipha --out)")
     if args.image and not Path(args.image).is_file():
-        raise cli.MissingFile(f"--image {args.image}: no such file")
+        raise errors.MissingFile(f"--image {args.image}: no such file")
     model, params = load_model(args.checkpoint)
     cfg = model.config
     size = cfg.vision.image_size

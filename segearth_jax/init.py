@@ -32,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from segearth_jax import checkpoint, cli
+from segearth_jax import checkpoint, errors
 from segearth_jax.models.mipha import MiphaConfig
 from segearth_jax.models.seg_head import SegHeadConfig
 from segearth_jax.models.segearth_r2 import SegEarthR2Config
@@ -94,7 +94,7 @@ def _config_key(model_config: Any, path: tuple[str, ...]) -> str | None:
 
 
 def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) -> None:
-    """Raises one `cli.BadValue` listing every structural field (all but `RUN_FIELDS`) where the
+    """Raises one `errors.BadValue` listing every structural field (all but `RUN_FIELDS`) where the
     checkpoint's `model.json` (`spec`) and `config.model` build different models for the
     `config.init.<key>` route, each with the flag that makes the config follow the checkpoint.
     Checked, not taken over: the config stays the one description of the model trained."""
@@ -105,20 +105,20 @@ def check_structure(spec: dict[str, Any], config: Any, key: str, source: str) ->
     model = SegEarthR2Config.from_config(config.model)
     want = model if key == "checkpoint" else getattr(model, key)
     have, built = _fields(found, prefix), _fields(want, prefix)
-    errors = []
+    problems = []
     for path in sorted(have.keys() & built.keys()):
         if have[path] == built[path]:
             continue
         name = _config_key(config.model, path)
         fix = (f"set --config.{name}={have[path]!r}" if name else
                "derived from other fields: set those")
-        errors.append(f"{'.'.join(path)}: the checkpoint has {have[path]!r}, the config "
-                      f"builds {built[path]!r}: {fix}")
-    if errors:
-        raise cli.BadValue(f"{source} (config.init.{key}) holds another model than config.model "
-                           f"builds ({len(errors)} fields of its model.json; make the config "
-                           f"follow the checkpoint, or convert one for the config):\n  "
-                           + "\n  ".join(errors))
+        problems.append(f"{'.'.join(path)}: the checkpoint has {have[path]!r}, the config "
+                        f"builds {built[path]!r}: {fix}")
+    if problems:
+        raise errors.BadValue(f"{source} (config.init.{key}) holds another model than config.model "
+                              f"builds ({len(problems)} fields of its model.json; make the config "
+                              f"follow the checkpoint, or convert one for the config):\n  "
+                              + "\n  ".join(problems))
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -130,8 +130,8 @@ def checkpoint_shapes(directory: str | Path) -> dict[str, jax.ShapeDtypeStruct]:
     read from its metadata (no array is loaded)."""
     path = Path(directory).absolute() / "params"
     if not path.exists():
-        raise cli.MissingFile(f"{directory} (a config.init.* checkpoint): no parameter "
-                              f"checkpoint ({path} is missing)")
+        raise errors.MissingFile(f"{directory} (a config.init.* checkpoint): no parameter "
+                                 f"checkpoint ({path} is missing)")
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.metadata(path).item_metadata.tree
     return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for k, v in _flat(tree).items()}
@@ -143,20 +143,20 @@ def check_checkpoint(found: dict[str, jax.ShapeDtypeStruct], target: dict[str, A
     lacks or shapes differently, and every model key under `prefix` it lacks (unless it matches
     `missing_ok`)."""
     full = lambda k: f"{prefix}/{k}" if prefix else k
-    errors = []
+    problems = []
     for k, v in found.items():
         if full(k) not in target:
-            errors.append(f"unexpected {full(k)}")
+            problems.append(f"unexpected {full(k)}")
         elif tuple(target[full(k)].shape) != tuple(v.shape):
-            errors.append(f"{full(k)}: shape {tuple(v.shape)}, model expects "
-                          f"{tuple(target[full(k)].shape)}")
+            problems.append(f"{full(k)}: shape {tuple(v.shape)}, model expects "
+                            f"{tuple(target[full(k)].shape)}")
     have = {full(k) for k in found}
     under = (lambda k: k.startswith(prefix + "/")) if prefix else (lambda k: True)
-    errors += [f"missing {k}" for k in target
-               if under(k) and k not in have and not re.fullmatch(missing_ok, k)]
-    if errors:
-        raise cli.BadValue(f"{source} does not fit the model ({len(errors)} problems):\n  "
-                         + "\n  ".join(errors))
+    problems += [f"missing {k}" for k in target
+                 if under(k) and k not in have and not re.fullmatch(missing_ok, k)]
+    if problems:
+        raise errors.BadValue(f"{source} does not fit the model ({len(problems)} problems):\n  "
+                              + "\n  ".join(problems))
 
 
 def restore_into(directory: str | Path, keys: list[str], target: dict[str, Any], prefix: str
@@ -191,8 +191,8 @@ def init_params(config: Any, random_init: Callable[[jax.Array], Any], rng: jax.A
         loaded = restore_into(directory, sorted(found), flat_target, prefix)
         overlap = leaves.keys() & loaded.keys()
         if overlap:
-            raise cli.BadValue(f"{directory} provides parameters another init.* checkpoint "
-                             f"already gave: {sorted(overlap)[:5]}")
+            raise errors.BadValue(f"{directory} provides parameters another init.* checkpoint "
+                                  f"already gave: {sorted(overlap)[:5]}")
         leaves.update(loaded)
 
     missing = [k for k in flat_target if k not in leaves]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from segearth_jax import cli, visualize
+from segearth_jax import cli, errors, visualize
 from segearth_jax.inference import SegEarthPredictor, masks_to_image
 from segearth_jax.model_inputs import prepare, stack  # noqa: F401  (re-exported)
 from segearth_jax.scene.many import LIST_SUFFIXES, list_scenes, parse_shard
@@ -160,7 +160,7 @@ def list_inputs(spec: str, prompt: str | None) -> list[tuple[str, str, str]]:
     return [(n, f, t) for n, (f, t) in zip(names, items, strict=True)]
 
 
-class InputError(cli.UserError, ValueError):
+class InputError(errors.UserError, ValueError):
     """A bad --inputs specification (a one-line message for the user)."""
 
 
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    cli.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
-                  "convert.segearth_r2 --out or a training export)")
+    errors.check_dir(args.checkpoint, "--checkpoint", "a SegEarth-R2 model directory (a "
+                     "convert.segearth_r2 --out or a training export)")
     if args.prompts and not args.scene:
         parser.error("--prompts goes with --scene (for many images use --inputs FILE.jsonl)")
     if args.scene:
@@ -301,11 +301,11 @@ def _scenes(args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path
         parser.error("--scene takes --prompt or --prompts (one of them)")
     if args.prompts:
         if not Path(args.prompts).is_file():
-            raise cli.MissingFile(f"--prompts {args.prompts}: no such file; --prompts takes a "
-                                  "text file of instructions, one a line")
+            raise errors.MissingFile(f"--prompts {args.prompts}: no such file; --prompts takes a "
+                                     "text file of instructions, one a line")
         prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
         if not prompts:
-            raise cli.BadValue(f"--prompts {args.prompts}: no instruction in it")
+            raise errors.BadValue(f"--prompts {args.prompts}: no instruction in it")
     else:
         prompts = [args.prompt]
     list_scenes(args.scene)  # a bad --scene or --shard fails before the model loads

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segearth_jax import cli
+from segearth_jax import errors
 
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
           "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -86,8 +86,8 @@ def load_tokenizer(directory: str | Path):
     from transformers import AutoTokenizer
 
     if not Path(directory).is_dir():
-        raise cli.MissingFile(f"{directory}: no such tokenizer directory (config.tokenizer, or "
-                              "the tokenizer/ folder of a converted model)")
+        raise errors.MissingFile(f"{directory}: no such tokenizer directory (config.tokenizer, or "
+                                 "the tokenizer/ folder of a converted model)")
     tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     tok.add_tokens([SEG])
     return tok

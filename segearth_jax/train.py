@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segearth_jax import cli, losses, optim, sharding
+from segearth_jax import cli, errors, losses, optim, sharding
 from segearth_jax import export as export_lib
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
@@ -375,8 +375,8 @@ BEST_FILE = "best.json"  # in workdir/best: {"step", "metric", "value"}
 def _check_best_metric(metric: str) -> None:
     if metric and not (metric in ("eval/gIoU", "eval/cIoU")
                        or (metric.startswith("eval/") and metric.endswith(("/gIoU", "/cIoU")))):
-        raise cli.BadValue(f"config.checkpoint.best_metric {metric!r}: \"\" (none), "
-                           "\"eval/gIoU\", \"eval/cIoU\" or \"eval/<subset>/gIoU|cIoU\"")
+        raise errors.BadValue(f"config.checkpoint.best_metric {metric!r}: \"\" (none), "
+                              "\"eval/gIoU\", \"eval/cIoU\" or \"eval/<subset>/gIoU|cIoU\"")
 
 
 def _evaluate(live: Any, config: ml_collections.ConfigDict, state: TrainState, step: int,

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from segearth_jax import cli
+from segearth_jax import errors
 
 STRETCH_SIZE = 1024  # the percentile stretch reads the scene decimated to <= this many px a side
 
 
-class SceneError(cli.UserError, ValueError):
+class SceneError(errors.UserError, ValueError):
     """A raster or a scene option the scene mode cannot use (a one-line message for the user)."""
 
 
