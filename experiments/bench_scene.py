@@ -5,9 +5,10 @@ time of a large 16-bit scene.
     python experiments/bench_scene.py memory [--checkpoint DIR] [--size 10000]
 
 Without --checkpoint, the tiny config with random weights (the `[SEG]` column of its LM head
-scaled up so that it answers with `[SEG]`s, as tests/test_scene.py builds it) is exported into
-a temporary folder. Scenes are uint16, 4 bands (B, G, R, NIR), EPSG:32633 at 0.5 m, drawn by
-`data.scenes` (tiled to the size), a 64-px nodata border.
+scaled up so that it answers with `[SEG]`s: `segearth_jax.testing.random_export`, as
+tests/test_scene.py builds it) is exported into a temporary folder. Scenes are uint16, 4 bands
+(B, G, R, NIR), EPSG:32633 at 0.5 m, drawn by `data.scenes` (tiled to the size), a 64-px nodata
+border.
 
 `prompts`: `scene.run_scene` with K questions (vision towers once per batch of windows) and K
 runs of one question each, on the same compiled predictor (a first run on a small scene
@@ -38,31 +39,16 @@ PROMPTS = ["Segment the storage tanks.", "Where are the ships?", "Find every bui
 
 
 def random_tiny_export(out: Path) -> Path:
-    """The tiny config, random weights (normal 0.02, norm scales 1, biases 0), a tokenizer
-    trained on a few sentences; the `[SEG]` logit column scaled by 40."""
-    import jax
-
+    """The tiny config, random weights (`segearth_jax.testing.random_export`: the `[SEG]` logit
+    column scaled by 40), a tokenizer trained on a few sentences."""
     from configs import tiny
-    from segearth_jax import export, text, train
+    from segearth_jax import testing, text
 
     config = tiny.get_config()
     tok = out / "tokenizer_src"
     text.train_tokenizer(tok, [text.SYSTEM, *PROMPTS, "the <p>tank</p>[SEG]"],
                          vocab_size=config.tokenizer_vocab)
-    shapes = jax.eval_shape(train.random_params(config, train.build_model(config)),
-                            jax.random.key(0))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "bias"):
-            return np.full(leaf.shape, 1.0 if name == "scale" else 0.0, leaf.dtype)
-        return (rng.standard_normal(leaf.shape) * 0.02).astype(leaf.dtype)
-
-    params = jax.tree_util.tree_map_with_path(draw, shapes)
-    seg = text.load_tokenizer(tok).convert_tokens_to_ids(text.SEG)
-    params["mllm"]["llm"]["lm_head"]["kernel"][:, seg] *= 40.0
-    return export.write_model(out / "export", config, jax.device_put(params), {}, tok)
+    return testing.random_export(out / "export", config, tok)
 
 
 def write_scene(path: Path, size: int, tile: int = 1024, border: int = 64) -> None:

@@ -284,31 +284,14 @@ def test_scene_list_and_shard_split_exactly(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory, tokenizer_dir) -> Path:
-    """The tiny config with random weights (normal(0, 0.02); norm scales 1, biases 0: drawn in
-    numpy on the traced shapes, seconds instead of a minute of compiling the init), exported as
-    training exports it; the `[SEG]` column of the LM head is scaled up so that the random
-    model emits `[SEG]`s."""
-    import jax
-
+    """The tiny config with random weights (`testing.random_export`: numpy draws on the traced
+    shapes, seconds instead of a minute of compiling the init), exported as training exports
+    it; the `[SEG]` column of the LM head is scaled up so that the random model emits `[SEG]`s."""
     from configs import tiny
-    from segearth_jax import export, text, train
+    from segearth_jax import testing
 
-    config = tiny.get_config()
-    shapes = jax.eval_shape(train.random_params(config, train.build_model(config)),
-                            jax.random.key(0))
-    rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "bias"):
-            return np.full(leaf.shape, 1.0 if name == "scale" else 0.0, leaf.dtype)
-        return (rng.standard_normal(leaf.shape) * 0.02).astype(leaf.dtype)
-
-    params = jax.tree_util.tree_map_with_path(draw, shapes)
-    seg = text.load_tokenizer(tokenizer_dir).convert_tokens_to_ids(text.SEG)
-    params["mllm"]["llm"]["lm_head"]["kernel"][:, seg] *= 40.0
-    return export.write_model(tmp_path_factory.mktemp("model") / "export", config,
-                              jax.device_put(params), {}, tokenizer_dir)
+    return testing.random_export(tmp_path_factory.mktemp("model") / "export", tiny.get_config(),
+                                 tokenizer_dir)
 
 
 def test_scene_prompts_equal_single_runs_bit_for_bit(scenes, tiny_export, tmp_path):
