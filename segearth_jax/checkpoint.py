@@ -5,11 +5,15 @@ Layout of a converted/exported model directory:
   model.json   how to rebuild the model: {"kind": "mipha" | "seg_head" | "swin" | "segearth_r2",
                "model": every size and knob (the `to_config` of its config class), ...}
   tokenizer/   tokenizer files (when the source had them)
+
+A model.json of the version that stored preset names instead of sizes is expanded from those
+presets (`explicit_model`, `models/legacy.py`) and can be rewritten (`rewrite_model_spec`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from segearth_jax import errors
+
+log = logging.getLogger(__name__)
 
 
 def save_params(directory: str | Path, params: Any) -> None:
@@ -62,12 +68,42 @@ def read_model_spec(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def explicit_model(directory: str | Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The "model" entry of `spec` with every size and knob: as stored, or, for a model.json of
+    the version that stored preset names (`models.legacy`), expanded from those presets with a
+    one-line warning that says how to rewrite the file (`rewrite_model_spec`)."""
+    from segearth_jax.models import legacy
+
+    if not legacy.is_legacy(spec):
+        return spec["model"]
+    log.warning("%s names size presets (a model.json of an older version); built from those "
+                "presets. To spell out every size in it: python -c \"from segearth_jax import "
+                "checkpoint; checkpoint.rewrite_model_spec('%s')\"", Path(directory) / "model.json",
+                directory)
+    return legacy.expand(spec)
+
+
+def rewrite_model_spec(directory: str | Path) -> Path:
+    """Rewrites an old `directory/model.json` (preset names) with its explicit "model" entry,
+    the old file kept as `model.json.old`; a current model.json stays as it is. Returns the
+    model.json's path."""
+    from segearth_jax.models import legacy
+
+    path = Path(directory) / "model.json"
+    spec = read_model_spec(directory)
+    if legacy.is_legacy(spec):
+        new = {k: v for k, v in spec.items() if k != "overrides"}  # folded into "model" (mipha)
+        new["model"] = legacy.expand(spec)
+        path.rename(path.with_name("model.json.old"))
+        write_model_spec(directory, new)
+    return path
+
+
 def model_config(directory: str | Path, spec: dict[str, Any], from_config: Any) -> Any:
-    """`from_config(spec["model"])`, or a `BadValue` naming the model.json when its "model"
-    entry is missing or does not hold every size and knob (an older model.json stored a variant
-    name)."""
+    """`from_config` of the explicit "model" entry (`explicit_model`), or a `BadValue` naming
+    the model.json when that entry is missing or does not rebuild the model."""
     try:
-        return from_config(spec["model"])
+        return from_config(explicit_model(directory, spec))
     except (KeyError, TypeError, ValueError) as e:
         raise errors.BadValue(f"{Path(directory) / 'model.json'}: its \"model\" entry does not "
                               f"rebuild the model ({e}); a model.json of an older version: re-run "
