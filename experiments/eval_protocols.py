@@ -24,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 from segearth_jax import cli, metrics  # noqa: E402
 from segearth_jax.evaluate import (  # noqa: E402
     MODES,
+    check_model_inputs,
     open_eval_source,
     predictions,
     score,
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> None:
     cli.check_dir(FLAGS.checkpoint, "--checkpoint", "a SegEarth-R2 model directory")
     config = FLAGS.config
     split = FLAGS.split or config.data.eval_split
+    check_model_inputs(config.data, FLAGS.checkpoint)
     predictor = SegEarthPredictor(FLAGS.checkpoint, max_new_tokens=config.eval.max_new_tokens,
                                   seed=config.seed)
     source = open_eval_source(config, split, "all")

@@ -10,6 +10,9 @@ Two protocols (`--mode`, config `eval.mode`):
   (the preset's rule matches the count to the GT's). The report adds, per subset, the `[SEG]`
   emission counts (answers with as many `[SEG]` as GT masks / fewer / more / none), so low
   scores can be told apart: text side or mask side.
+The loader prompts and shows the images as `--config`'s data section says; those fields
+(`MODEL_INPUTS`: the two image views and the prompt) must be the ones the model directory's
+model.json "input" records, else one error names the flags to set (`check_model_inputs`).
 The masks are mapped back to the original image size and scored against the ground truth with a
 named metric preset (`segearth_jax.metrics.PRESETS`). Prints one row per subset plus the average
 (the layout of the paper's Table 2) and writes `eval_<split>_<preset>.{md,json}` (the JSON has
@@ -42,6 +45,11 @@ MODES = ("teacher_forced", "generate")
 # "first" (the first question of each image only: the SegEarth-R1 evaluation of EarthReason,
 # 1,928 test images rather than ~11.5k questions).
 QUESTIONS = ("all", "first")
+# The `config.data` fields that decide what the model is shown: its two image views and the
+# prompt. They must be the ones of the model's model.json "input" (what it was trained or
+# converted with). The sequence lengths (capacity) and `spatial_gt` (a training loss) may differ.
+MODEL_INPUTS = ("siglip_size", "image_size", "patch_size", "image_token_id", "template",
+                "seg_in_prompt", "official_prompt")
 
 
 class _Subset:
@@ -94,6 +102,23 @@ def resolve_mode(mode: str | None, preset: str) -> str:
     if mode not in MODES:
         raise errors.BadValue(f"--mode / config.eval.mode {mode!r}: one of {MODES} or 'auto'")
     return mode
+
+
+def check_model_inputs(data: ml_collections.ConfigDict, checkpoint_dir: str | Path) -> None:
+    """Raises one `BadValue` naming each `MODEL_INPUTS` field where `data` (config.data, which
+    the evaluation's loader prompts with) differs from the model directory's model.json
+    "input", with the flag that makes them agree."""
+    from segearth_jax import checkpoint
+    from segearth_jax.input.settings import Settings
+
+    where = Path(checkpoint_dir) / "model.json"
+    trained = Settings.from_spec(checkpoint.read_model_spec(checkpoint_dir), str(where))
+    fixes = [f"--config.data.{k}={getattr(trained, k)!r} (the config has {data[k]!r})"
+             for k in MODEL_INPUTS if data[k] != getattr(trained, k)]
+    if fixes:
+        raise errors.BadValue(f"config.data prompts or shows images otherwise than {where} "
+                              f"says the model was trained (its \"input\"); set "
+                              f"{', '.join(fixes)}, or use the config it was trained with")
 
 
 def open_eval_source(config: ml_collections.ConfigDict, split: str, questions: str) -> Any:
@@ -290,6 +315,7 @@ def evaluate(config: ml_collections.ConfigDict, checkpoint_dir: str | Path, *,
                               f"{sorted(metrics.PRESETS)}")
     mode = resolve_mode(mode or config.eval.mode, preset)
     questions = resolve_questions(questions or config.eval.questions, preset)
+    check_model_inputs(config.data, checkpoint_dir)
     evaluator = metrics.Evaluator(metrics.PRESETS[preset])
     predictor = SegEarthPredictor(checkpoint_dir, max_new_tokens=config.eval.max_new_tokens,
                                   temperature=config.eval.temperature, seed=config.seed)
