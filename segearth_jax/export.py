@@ -15,7 +15,8 @@ hosts no process can address a whole one.
 The command reads `W/config.json` (written by training) and the orbax checkpoint of step N
 (default: the latest), rebuilds the frozen weights as training did (`config.init`, the seed) on
 a mesh of all devices with fsdp over every one of them (any device count reads the checkpoint;
-orbax reshards), and writes DIR (default `W/export_<step>`; it must be new or empty). It runs on
+orbax reshards; a run with one flat optimizer vector, `optim.flatten` at fsdp=1, is read
+replicated), and writes DIR (default `W/export_<step>`; it must be new or empty). It runs on
 one process, or, with --distributed, on every host of a cluster at once (jax.distributed with its
 cluster detection, or the run's `distributed` overrides).
 """
