@@ -138,6 +138,9 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
     from segearth_jax.input import pipeline
 
     forced = mode == "teacher_forced"
+    n_total = len(source) if limit is None else min(limit, len(source))
+    if n_total < len(source):  # exactly the first `limit` records, split over the processes
+        source = _Subset(source, list(range(n_total)))
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.batch_size = config.eval.batch_size
@@ -147,7 +150,6 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
                                   seed=config.seed, num_epochs=1, shard_options=shards,
                                   worker_count=config.data.worker_count, drop_remainder=False,
                                   teacher_forced=forced)
-    n_total = len(source) if limit is None else min(limit, len(source))
     n_done, t0 = 0, time.time()
     run = predictor.teacher_forced if forced else predictor.predict
     for batch in loader:
@@ -161,8 +163,6 @@ def predictions(config: ml_collections.ConfigDict, predictor: SegEarthPredictor,
         if jax.process_index() == 0:
             print(f"\revaluated {n_done}/{n_total}  {rate:.2f} img/s  "
                   f"ETA {(n_total - n_done) / max(rate, 1e-9):.0f}s", end="", flush=True)
-        if limit is not None and n_done >= limit:
-            break
     print(file=sys.stderr if jax.process_index() else sys.stdout)
 
 

@@ -14,7 +14,8 @@ workdir already is).
 The command reads `W/config.json` (written by training) and the orbax checkpoint of step N
 (default: the latest), rebuilds the frozen weights as training did (`config.init`, the seed) on
 a mesh of all devices with fsdp over every one of them (any device count reads the checkpoint;
-orbax reshards), and writes DIR (default `W/export_<step>`; it must be new or empty). It runs on
+orbax reshards; a run with one flat optimizer vector, `optim.flatten` at fsdp=1, is read
+replicated), and writes DIR (default `W/export_<step>`; it must be new or empty). It runs on
 one process, or, with --distributed, on every host of a cluster at once (jax.distributed with its
 cluster detection, or the run's `distributed` overrides).
 """
@@ -72,9 +73,13 @@ def export_checkpoint(workdir: str | Path, step: int | None = None,
     out = Path(out) if out else workdir / f"export_{step}"
     errors.check_new_dir(out)
     tokenizer_dir = workdir / "tokenizer"  # training keeps its tokenizer there
-    # fsdp over every device: the least memory per device, and any device count reads it.
+    # fsdp over every device: the least memory per device, and any device count reads it;
+    # but a run whose optimizer state is one flat vector (optim.flatten at mesh.fsdp=1) is
+    # read replicated, so that the restored state has the structure the run saved.
+    flat = config.optim.flatten and config.mesh.fsdp == 1
     with config.unlocked():
-        config.mesh.update(dict(data=1, fsdp=-1, dcn_data=1, dcn_fsdp=1))
+        config.mesh.update(dict(data=-1 if flat else 1, fsdp=1 if flat else -1, dcn_data=1,
+                                dcn_fsdp=1))
     trainer = train.Trainer(config)
     state, frozen = trainer.init(config.seed)
     state = train.restore_state(mngr, step, state)
