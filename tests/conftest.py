@@ -20,6 +20,22 @@ from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 
+# The files that take minutes, slowest first (a full run's `--durations=0` on the 2-core CI
+# machine: experiments/RESULTS.md, "Test suite time"). `bash run.sh test` runs pytest-xdist with
+# `--dist loadfile --no-loadscope-reorder`: each file runs whole on one worker, handed out in
+# collection order, so these start first and the many short files fill in around them
+# (longest first). xdist's default order (most tests first) started the two slowest, with 1-4
+# tests each, last, when the other worker had nothing left to run beside them.
+SLOW_FILES = ("test_multihost.py", "test_learning.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLOW_FILES first, in their order; the rest as collected (a stable sort: files stay
+    whole, their tests in file order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
+
+
 # Key lists of the real checkpoints we convert (tests/reference/README.md says how sure each is).
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
