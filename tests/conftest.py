@@ -20,13 +20,13 @@ from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 
-# The files that take minutes, slowest first (a full run's `--durations=0` on the 2-core CI
-# machine: experiments/RESULTS.md, "Test suite time"). `bash run.sh test` runs pytest-xdist with
-# `--dist loadfile --no-loadscope-reorder`: each file runs whole on one worker, handed out in
-# collection order, so these start first and the many short files fill in around them
-# (longest first). xdist's default order (most tests first) started the two slowest, with 1-4
-# tests each, last, when the other worker had nothing left to run beside them.
-SLOW_FILES = ("test_multihost.py", "test_learning.py")
+# The files that take minutes, roughly slowest first (experiments/RESULTS.md, "Test suite time").
+# `bash run.sh test` runs pytest-xdist with `--dist loadfile --no-loadscope-reorder`: each file
+# runs whole on one worker, handed out in collection order, so these start first and the many
+# short files fill in around them (longest first). xdist's default order (most tests first)
+# started test_multihost.py (4 tests) and test_learning.py (1 test) last.
+SLOW_FILES = ("test_multihost.py", "test_end_to_end.py", "test_learning.py",
+              "test_released_workflow.py", "test_train.py", "test_scene.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
