@@ -14,12 +14,14 @@ of every global batch (`sharding.process_rows`). A batch of 4 is split over data
 replicated over fsdp: both processes hold both data coordinates, so both read all 4 rows.
 
 These runs compile the sharded train step (minutes on a CPU), so each test runs its processes
-at once and shares one persistent compilation cache (the resumed run and the export CLI's second
-call read their programs from it). The training processes compile with LLVM at -O0
-(`--xla_backend_optimization_level=0`, `COMPILE_FLAGS`): the same HLO programs and the same
-IEEE float semantics (no fast-math at any level), compiled in about half the CPU time (step:
-~110 -> ~70 s, init: 41 -> 25 s of CPU per process on this 2-core machine, loaded); a few
-steps run slower, which these runs do not notice. Every run of a comparison uses the same flags.
+at once and shares one persistent compilation cache (process 0 of a run writes it; the export
+CLI's second call reads the first one's init program from it). The training processes compile
+with LLVM at -O0 (`--xla_backend_optimization_level=0`, `COMPILE_FLAGS`): the same HLO programs,
+no fast-math at either level, in about 60% of the CPU time (measured on this 2-core machine,
+loaded: a process compiling the step 112 -> 70 s of CPU, the init 41 -> 25 s;
+experiments/RESULTS.md, "Test suite time"); their few steps run slower, which these runs do not
+notice. Rounding may differ from a default build (e.g. FMA contraction), so every run of a
+comparison is compiled with the same flags; the tolerances are those of the default build.
 """
 
 from __future__ import annotations
