@@ -65,9 +65,11 @@ PY
 
 tests() {
   setup
-  # One worker per core; each test file stays on one worker (module fixtures train models once).
+  # One worker per core; each test file stays on one worker (module fixtures train models once),
+  # handed out slowest first (tests/conftest.py: SLOW_FILES, kept in order by
+  # --no-loadscope-reorder).
   # The slowest tests are listed at the end (CI's wall time is watched).
-  python -m pytest -q -n auto --dist loadfile --durations=15 tests "$@"
+  python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=15 tests "$@"
 }
 
 app() {

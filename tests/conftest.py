@@ -20,6 +20,22 @@ from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
 
+# The files that take minutes, roughly slowest first (experiments/RESULTS.md, "Test suite time").
+# `bash run.sh test` runs pytest-xdist with `--dist loadfile --no-loadscope-reorder`: each file
+# runs whole on one worker, handed out in collection order, so these start first and the many
+# short files fill in around them (longest first). xdist's default order (most tests first)
+# started test_multihost.py (4 tests) and test_learning.py (1 test) last.
+SLOW_FILES = ("test_multihost.py", "test_end_to_end.py", "test_learning.py",
+              "test_released_workflow.py", "test_train.py", "test_scene.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLOW_FILES first, in their order; the rest as collected (a stable sort: files stay
+    whole, their tests in file order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))
+
+
 # Key lists of the real checkpoints we convert (tests/reference/README.md says how sure each is).
 REFERENCE = Path(__file__).resolve().parent / "reference"
 

@@ -14,7 +14,14 @@ of every global batch (`sharding.process_rows`). A batch of 4 is split over data
 replicated over fsdp: both processes hold both data coordinates, so both read all 4 rows.
 
 These runs compile the sharded train step (minutes on a CPU), so each test runs its processes
-at once and shares one persistent compilation cache.
+at once and shares one persistent compilation cache (process 0 of a run writes it; the export
+CLI's second call reads the first one's init program from it). The training processes compile
+with LLVM at -O0 (`--xla_backend_optimization_level=0`, `COMPILE_FLAGS`): the same HLO programs,
+no fast-math at either level, in about 60% of the CPU time (measured on this 2-core machine,
+loaded: a process compiling the step 112 -> 70 s of CPU, the init 41 -> 25 s;
+experiments/RESULTS.md, "Test suite time"); their few steps run slower, which these runs do not
+notice. Rounding may differ from a default build (e.g. FMA contraction), so every run of a
+comparison is compiled with the same flags; the tolerances are those of the default build.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ PARAM_ATOL = 1e-4
 ZERO_GRAD = re.compile(r"seg_head/predictor/layers/level_\d+/self_attn/(q|k)/.*|.*/k/bias"
                        r"|mllm/llm/model/layers/self_attn/k_proj/bias")
 ROWS_B8 = {0: [0, 1, 4, 5], 1: [2, 3, 6, 7]}  # the layout above
+COMPILE_FLAGS = "--xla_backend_optimization_level=0"  # see the module docstring
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,8 @@ def _free_port() -> str:
 def _launch(env: dict, workdir: Path, processes: int, *extra: str) -> list[subprocess.Popen]:
     """The training command in `processes` processes (1: 8 devices; 2: 4 devices each)."""
     devices = 8 // processes
-    run_env = {**env["env"], "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    run_env = {**env["env"], "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                                          f"{COMPILE_FLAGS}"}
     dist = []
     if processes > 1:
         dist = ["--config.distributed.enabled=True", "--config.mesh.dcn_fsdp=2",
@@ -173,10 +182,13 @@ def test_multihost_fsdp_kill_resume_export_matches_one_process(runs):
 
 
 def _export(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """The export CLI on one process and one device, as a user runs it; its init program comes
+    from the first call's compile through the tests' persistent compilation cache."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_COMPILATION_CACHE_DIR"] = str(workdir.parent / "jax_cache")
     return subprocess.run([sys.executable, "-m", "segearth_jax.export", "--workdir",
                            str(workdir), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900, env={k: v for k, v in os.environ.items()
-                                            if k != "XLA_FLAGS"})
+                          timeout=900, env=env)
 
 
 def test_export_cli_reads_a_multihost_checkpoint_on_one_process(runs, tmp_path):
