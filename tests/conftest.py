@@ -26,7 +26,7 @@ flags.FLAGS.mark_as_parsed()
 # short files fill in around them (longest first). xdist's default order (most tests first)
 # started test_multihost.py (4 tests) and test_learning.py (1 test) last.
 SLOW_FILES = ("test_multihost.py", "test_end_to_end.py", "test_learning.py",
-              "test_released_workflow.py", "test_train.py", "test_scene.py")
+              "test_released_workflow.py", "test_train.py", "test_scene.py", "test_eval_every.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
