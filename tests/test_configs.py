@@ -134,14 +134,15 @@ def test_from_variant_routes_each_keyword_to_its_own_part():
 
 
 def test_an_old_model_json_is_one_clear_error(tmp_path):
-    """A model.json that names a variant instead of holding the sizes: a BadValue (one
-    `error:` line at a command line) naming the file, not a traceback."""
+    """A model.json of the older format (it names a variant instead of holding the sizes) is
+    expanded from the presets (tests/test_model_json.py); one whose preset no longer exists is a
+    BadValue (one `error:` line at a command line) naming the file, not a traceback."""
     import json
 
     from segearth_jax.errors import BadValue
     from segearth_jax.generate import load_model
 
     (tmp_path / "model.json").write_text(json.dumps(
-        {"kind": "mipha", "variant": "tiny", "overrides": {"lm_head_bias": False}}))
+        {"kind": "mipha", "variant": "nonesuch", "overrides": {"lm_head_bias": False}}))
     with pytest.raises(BadValue, match=r"model\.json: its \"model\" entry does not rebuild"):
         load_model(tmp_path)
