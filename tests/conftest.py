@@ -9,6 +9,21 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # No test may download anything.
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run, shared by the xdist workers and every
+# program the tests launch (they inherit this environment): the tiny model's train step, its
+# init, predict's programs and orbax's save programs are the same in many tests and compile once
+# (the cache key is the HLO with its compile options and XLA flags, so only identical programs
+# share an entry). The directory is made by the first process that loads this file (pytest
+# itself, whose environment xdist's workers inherit) and removed when it finishes; set
+# JAX_COMPILATION_CACHE_DIR to keep a cache across runs.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_CACHE = tempfile.mkdtemp(prefix="segearth_jax_tests_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -27,6 +42,14 @@ flags.FLAGS.mark_as_parsed()
 # started test_multihost.py (4 tests) and test_learning.py (1 test) last.
 SLOW_FILES = ("test_multihost.py", "test_end_to_end.py", "test_learning.py",
               "test_released_workflow.py", "test_train.py", "test_scene.py", "test_eval_every.py")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's compilation cache goes with the process that made it."""
+    if _OWN_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -34,13 +34,10 @@ def env(tmp_path_factory) -> dict:
     config = tiny.get_config()
     config.data.data_dir = str(root / "tfds")
     load_or_make_tokenizer(config, root, open_source(config.data, "train"))
-    cache = root / "jax_cache"
     return dict(root=root, flags=[
         f"--config.data.data_dir={root / 'tfds'}", f"--config.tokenizer={root / 'tokenizer'}",
         "--config.data.batch_size=4", "--config.log_every=1"],
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+        env=dict(os.environ))  # with the run's compilation cache (tests/conftest.py)
 
 
 def _run(env: dict, module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -67,9 +67,7 @@ def env(tmp_path_factory) -> dict:
     return dict(root=root, flags=[
         f"--config.data.data_dir={root / 'tfds'}", f"--config.tokenizer={root / 'tokenizer'}",
         "--config.log_every=1", "--config.mesh.data=2", "--config.mesh.fsdp=4"],
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+        env=dict(os.environ))  # with the run's compilation cache (tests/conftest.py)
 
 
 def _free_port() -> str:
@@ -183,9 +181,9 @@ def test_multihost_fsdp_kill_resume_export_matches_one_process(runs):
 
 def _export(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """The export CLI on one process and one device, as a user runs it; its init program comes
-    from the first call's compile through the tests' persistent compilation cache."""
+    from the first call's compile through the test run's persistent compilation cache
+    (tests/conftest.py)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_COMPILATION_CACHE_DIR"] = str(workdir.parent / "jax_cache")
     return subprocess.run([sys.executable, "-m", "segearth_jax.export", "--workdir",
                            str(workdir), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env=env)

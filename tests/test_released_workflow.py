@@ -269,7 +269,7 @@ def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
     # and its tokenizer (490 tokens + [SEG]: fewer than the 500 embedding rows).
     merged = test_convert_segearth_r2._write(official[0], tmp_path / "merged")
     text.train_tokenizer(merged, corpus, vocab_size=490)
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache")}
+    env = dict(os.environ)  # with the run's compilation cache (tests/conftest.py)
 
     ckpt = tmp_path / "r2"
     _run(env, "convert.segearth_r2", "--src", str(merged), "--out", str(ckpt), "--variant",

@@ -333,13 +333,9 @@ def test_scene_prompts_equal_single_runs_bit_for_bit(scenes, tiny_export, tmp_pa
 
 
 def _predict(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """The predict command as a user runs it (a persistent compilation cache shared by the
-    runs: each compiles the same functions; beside the model)."""
-    model = Path(args[args.index("--checkpoint") + 1])
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "JAX_COMPILATION_CACHE_DIR": str(model.parent / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    """The predict command as a user runs it (the runs share the test run's persistent
+    compilation cache, tests/conftest.py: each compiles the same functions)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "segearth_jax.predict", *args], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
     if check:
