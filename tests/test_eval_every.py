@@ -17,6 +17,7 @@ evaluation replaces the best model and that a worse one keeps it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.conftest  # noqa: F401  (the offline environment of conftest)
+import tests.conftest  # the offline environment and the compile flags of conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -56,7 +57,10 @@ def env(tmp_path_factory) -> dict:
 
 
 def _run(module: str, *args: str) -> str:
-    p = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
+    """A command with LLVM at -O0 (tests/conftest.py): the training run, its in-training
+    evaluations and the standalone ones all compiled alike, each running a few steps."""
+    env = {**os.environ, "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}
+    p = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]
     return p.stdout

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.conftest  # noqa: F401  (the offline environment of conftest)
+import tests.conftest  # the offline environment and the compile flags of conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 with reductions split differently (gloo across processes vs one process): the bound and
@@ -48,7 +48,7 @@ PARAM_ATOL = 1e-4
 ZERO_GRAD = re.compile(r"seg_head/predictor/layers/level_\d+/self_attn/(q|k)/.*|.*/k/bias"
                        r"|mllm/llm/model/layers/self_attn/k_proj/bias")
 ROWS_B8 = {0: [0, 1, 4, 5], 1: [2, 3, 6, 7]}  # the layout above
-COMPILE_FLAGS = "--xla_backend_optimization_level=0"  # see the module docstring
+COMPILE_FLAGS = tests.conftest.FAST_COMPILE_XLA_FLAGS  # see the module docstring
 
 
 @pytest.fixture(scope="module")
