@@ -221,6 +221,7 @@ def test_teacher_forced_masks_are_the_forward_at_the_gt_seg_positions(env, train
     """The teacher-forced predictor reads each mask query at a GT [SEG] of prompt + GT answer:
     its masks equal the model's own forward (LLM hidden states at those positions -> segment),
     one per GT [SEG], to fp32 rounding (1e-4)."""
+    import jax
     import jax.numpy as jnp
 
     from configs import tiny
@@ -243,12 +244,17 @@ def test_teacher_forced_masks_are_the_forward_at_the_gt_seg_positions(env, train
         assert n == np.asarray(rec["masks"]).shape[0] >= 1
         assert np.all(ids[i, pos[i, :n]] == seg_id)  # the GT answer's [SEG]s, in order
     forced = predictor.teacher_forced(batch)
-    m, params = predictor.model, predictor.params
-    _, hidden = m.apply({"params": params}, ids, batch["siglip_pixels"], method=lambda mod, x, px:
-                        mod.mllm(x, px, seg_positions=pos))
-    seg_hidden = jnp.take_along_axis(hidden, jnp.maximum(jnp.asarray(pos), 0)[..., None], axis=1)
-    ref = np.asarray(m.apply({"params": params}, batch["pixels"], seg_hidden, valid,
-                             method=m.segment)[-1])
+    m = predictor.model
+
+    @jax.jit  # the reference in one program (op by op it takes longer than compiling it)
+    def reference(params, ids, siglip_pixels, pixels, pos, valid):
+        _, hidden = m.apply({"params": params}, ids, siglip_pixels,
+                            method=lambda mod, x, px: mod.mllm(x, px, seg_positions=pos))
+        seg_hidden = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1)
+        return m.apply({"params": params}, pixels, seg_hidden, valid, method=m.segment)[-1]
+
+    ref = np.asarray(reference(predictor.params, ids, batch["siglip_pixels"], batch["pixels"],
+                               pos, valid))
     for i, res in enumerate(forced):
         n = int(valid[i].sum())
         assert res["mask_logits"].shape == (n, *ref.shape[2:])
