@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from segearth_jax import cli, errors, losses, optim, sharding
+from segearth_jax import checkpoint, cli, errors, losses, optim, sharding
 from segearth_jax import export as export_lib
 from segearth_jax import init as init_lib
 from segearth_jax.input import sources
@@ -258,6 +258,7 @@ def checkpoint_manager(workdir: Path, config: ml_collections.ConfigDict, *,
                        read_only: bool = False) -> ocp.CheckpointManager:
     """The run's orbax manager over `workdir/checkpoints` (every process writes its shards of
     the state: the workdir must be on storage all processes see, e.g. NFS or `gs://`)."""
+    checkpoint.configure_array_saving()
     options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0,
                                            create=False) if read_only else \
         ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, save_interval_steps=1,
