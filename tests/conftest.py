@@ -11,7 +11,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole run, shared by the xdist workers and every
 # program the tests launch (they inherit this environment): the tiny model's train step, its
-# init, predict's programs and orbax's save programs are the same in many tests and compile once
+# init and predict's programs are the same in many tests and compile once
 # (the cache key is the HLO with its compile options and XLA flags, so only identical programs
 # share an entry). The directory is made by the first process that loads this file (pytest
 # itself, whose environment xdist's workers inherit) and removed when it finishes; set
