@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from absl import logging as absl_logging
 
-from segearth_jax import cli, errors, optim, sharding
+from segearth_jax import cli, errors, sharding
 from segearth_jax.merged import merged_params, write_model
 
 __all__ = ["export_checkpoint", "load_config", "main", "merged_params", "save_config",
@@ -76,7 +76,7 @@ def export_checkpoint(workdir: str | Path, step: int | None = None,
     # fsdp over every device: the least memory per device, and any device count reads it;
     # but a run whose optimizer state is one flat vector (optim.flatten at mesh.fsdp=1) is
     # read replicated, so that the restored state has the structure the run saved.
-    flat = optim.flattens(config)
+    flat = config.optim.flatten and config.mesh.fsdp == 1
     with config.unlocked():
         config.mesh.update(dict(data=-1 if flat else 1, fsdp=1 if flat else -1, dcn_data=1,
                                 dcn_fsdp=1))

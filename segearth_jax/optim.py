@@ -64,67 +64,22 @@ def learning_rate(config: Any) -> optax.Schedule:
                                               end_value=0.0)
 
 
-def flattens(config: Any) -> bool:
-    """Whether the optimizer works on one vector of all trainable leaves (`optim.flatten`;
-    never on an fsdp mesh, where parameters stay sharded)."""
-    return bool(config.optim.flatten) and config.mesh.fsdp == 1
-
-
-def _ravel(tree: Any) -> jax.Array:
-    """The leaves of `tree` as one vector, in `optax.flatten`'s order and ops."""
-    return jnp.concatenate([jnp.reshape(x, [-1]) for x in jax.tree.leaves(tree)])
-
-
-def grad_norm(config: Any, grads: Any) -> jax.Array:
-    """The global L2 norm of `grads` (a scalar): the ops of `skip_non_finite`'s check, on the
-    vector the optimizer sees (one vector where it flattens), so XLA computes it once."""
-    return optax.tree.norm(_ravel(grads) if flattens(config) else grads)
-
-
-def skip_non_finite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`optax.apply_if_finite` that never gives up, checked on the global L2 norm: an update
-    whose gradients' norm is not finite (a NaN or inf anywhere, or a norm past fp range)
-    changes neither the params (zero updates) nor the inner state, and is counted. The state
-    is optax's `ApplyIfFiniteState` (checkpoints are interchangeable). Why not optax's own:
-    it reduces every leaf once more for its check (a kernel per leaf to compile), where this
-    one shares the norm the train step logs (`grad_norm`), whose finiteness the step already
-    uses to stop the run (`TrainState.bad_step`)."""
-
-    def init(params):
-        return optax.ApplyIfFiniteState(
-            notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True, jnp.bool_),
-            total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
-
-    def update(updates, state, params=None):
-        finite = jnp.isfinite(optax.tree.norm(updates))
-        updates, inner_state = jax.lax.cond(
-            finite, lambda: inner.update(updates, state.inner_state, params),
-            lambda: (optax.tree.zeros_like(updates), state.inner_state))
-        bump = lambda n: jnp.where(finite, n, optax.safe_increment(n))
-        return updates, optax.ApplyIfFiniteState(
-            notfinite_count=jnp.where(finite, 0, optax.safe_increment(state.notfinite_count)),
-            last_finite=finite, total_notfinite=bump(state.total_notfinite),
-            inner_state=inner_state)
-
-    return optax.GradientTransformation(init, update)
-
-
 def make_optimizer(config: Any) -> optax.GradientTransformation:
     """AdamW (paper: lr 1e-4, weight decay 0) with optional global-norm clipping, inside
-    `skip_non_finite`: a step whose gradients are not all finite changes neither the params
-    nor the AdamW moments (the train loop then stops at its next check; see `bad_step`)."""
+    `optax.apply_if_finite`: a step whose gradients are not all finite changes neither the
+    params nor the AdamW moments (the train loop then stops at its next check; see
+    `bad_step`)."""
     o = config.optim
     chain = []
     if o.grad_clip and o.grad_clip > 0:
         chain.append(optax.clip_by_global_norm(o.grad_clip))
     chain.append(optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
                              weight_decay=o.weight_decay))
-    tx = skip_non_finite(optax.chain(*chain))
-    if flattens(config):
+    tx = optax.chain(*chain)
+    if o.flatten and config.mesh.fsdp == 1:
         # One vector for all trainable leaves: a few large kernels instead of several per leaf
-        # (small models on a CPU: faster step and compile), the finiteness check and its
-        # `lax.cond` included. It gathers the leaves into one array, so it is skipped on an
-        # fsdp mesh (sharded parameters stay sharded). (`optax.flatten` keeps the inner state
-        # as it is: the same state tree as without it, on one vector.)
+        # (small models on a CPU: faster step and compile). It gathers the leaves into one
+        # array, so it is skipped on an fsdp mesh (sharded parameters stay sharded).
         tx = optax.flatten(tx)
-    return tx
+    # Never give up skipping: the loop stops on the first non-finite step anyway.
+    return optax.apply_if_finite(tx, max_consecutive_errors=2**30)

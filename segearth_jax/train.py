@@ -141,10 +141,10 @@ def make_train_step(model: SegEarthR2, config: ml_collections.ConfigDict,
     def step(state: TrainState, frozen: Any, batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         metrics, grads = loss_and_grads(state.params, frozen, batch, rng)
-        # `tx` skips a step with non-finite gradients (optim.skip_non_finite, checked on the
-        # same norm as `gnorm`); the host stops at its next check of `bad_step`.
+        # `tx` skips a step with non-finite gradients (optax.apply_if_finite, see
+        # optim.make_optimizer); the host stops at its next check of `bad_step`.
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        gnorm = optim.grad_norm(config, grads)
+        gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(gnorm)
         new = TrainState(
             step=state.step + 1, params=optax.apply_updates(state.params, updates),

@@ -32,22 +32,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # alike (rounding may differ from a default build, e.g. FMA contraction).
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
-# XLA:CPU aborts a process (SIGABRT) when its devices do not all reach a collective within 40 s
-# (`xla_cpu_collective_call_terminate_timeout_seconds`). Tests run processes of 8 simulated
-# devices while others compile beside them, on 2 cores: a device thread can wait that long
-# (seen once in a full run: the 1 x 8 process of test_multihost.py's small-batch test,
-# aborted in its step). Every process the tests start gets a 15-minute bound instead, through
-# this environment (`xla_flags` adds a test's own flags to it).
-_flags = os.environ.get("XLA_FLAGS", "").split()  # (xdist's workers inherit them already set)
-os.environ["XLA_FLAGS"] = BASE_XLA_FLAGS = " ".join([*_flags, *(f for f in (
-    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
-    "--xla_cpu_collective_call_terminate_timeout_seconds=900") if f not in _flags)])
-
-
-def xla_flags(*extra: str) -> str:
-    """XLA_FLAGS for a process a test starts: this run's flags above, then `extra`."""
-    return " ".join((BASE_XLA_FLAGS, *extra))
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
+import tests.conftest  # noqa: F401  (the offline environment of conftest)
 from segearth_jax import checkpoint
 from segearth_jax.input.sources import open_source
-from tests.conftest import xla_flags  # (and the offline environment of conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_evaluate_reports_every_subset(env, trained, tmp_path):
     # Batches split over 8 (simulated) devices: the same report.
     sharded = tmp_path / "sharded"
     eight = {**env, "env": {**env["env"],
-                            "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8")}}
+                            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}}
     _run(eight, "segearth_jax.evaluate", "--config", "configs/tiny.py", "--checkpoint",
          str(trained / "export"), "--out", str(sharded), *env["flags"][:2])
     assert (sharded / "eval_test_segearth_r2.json").read_text() == \

@@ -59,8 +59,7 @@ def env(tmp_path_factory) -> dict:
 def _run(module: str, *args: str) -> str:
     """A command with LLVM at -O0 (tests/conftest.py): the training run, its in-training
     evaluations and the standalone ones all compiled alike, each running a few steps."""
-    env = {**os.environ,
-           "XLA_FLAGS": tests.conftest.xla_flags(tests.conftest.FAST_COMPILE_XLA_FLAGS)}
+    env = {**os.environ, "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}
     p = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1800)
     assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]

@@ -79,8 +79,8 @@ def _free_port() -> str:
 def _launch(env: dict, workdir: Path, processes: int, *extra: str) -> list[subprocess.Popen]:
     """The training command in `processes` processes (1: 8 devices; 2: 4 devices each)."""
     devices = 8 // processes
-    run_env = {**env["env"], "XLA_FLAGS": tests.conftest.xla_flags(
-        f"--xla_force_host_platform_device_count={devices}", COMPILE_FLAGS)}
+    run_env = {**env["env"], "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                                          f"{COMPILE_FLAGS}"}
     dist = []
     if processes > 1:
         dist = ["--config.distributed.enabled=True", "--config.mesh.dcn_fsdp=2",
@@ -183,7 +183,7 @@ def _export(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """The export CLI on one process and one device, as a user runs it; its init program comes
     from the first call's compile through the test run's persistent compilation cache
     (tests/conftest.py)."""
-    env = {**os.environ, "XLA_FLAGS": tests.conftest.xla_flags()}
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run([sys.executable, "-m", "segearth_jax.export", "--workdir",
                            str(workdir), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=900, env=env)

@@ -273,8 +273,7 @@ def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
     # The run's compilation cache and LLVM -O0 (tests/conftest.py): each command compiles the
     # tiny model and runs it for a few steps; the export is compared to the converted weights
     # exactly (lr 0), the rest are smoke checks.
-    env = {**os.environ,
-           "XLA_FLAGS": tests.conftest.xla_flags(tests.conftest.FAST_COMPILE_XLA_FLAGS)}
+    env = {**os.environ, "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}
 
     ckpt = tmp_path / "r2"
     _run(env, "convert.segearth_r2", "--src", str(merged), "--out", str(ckpt), "--variant",

@@ -31,9 +31,7 @@ def main() -> None:
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--sgd", type=float, default=None)
     a = p.parse_args()
-    # After the flags the tests' environment gives every process (tests/conftest.py).
-    os.environ["XLA_FLAGS"] = " ".join(filter(None, (
-        os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={a.devices}")))
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
 
     import jax
 
