@@ -13,9 +13,9 @@ from configs import tiny
 from segearth_jax import optim
 
 
-def _config(flatten: bool, fsdp: int = 1):
+def _config(flatten: bool):
     c = tiny.get_config()
-    c.optim.flatten, c.mesh.fsdp = flatten, fsdp
+    c.optim.flatten = flatten
     c.optim.grad_clip = 1.0
     return c
 
@@ -42,7 +42,7 @@ def test_finite_steps_are_optax_adamw_and_the_state_tree_is_optax_s(flatten):
     params = _tree(0)
     state, ref_state = tx.init(params), ref.init(params)
     if not flatten:  # the same tree as optax.apply_if_finite's: checkpoints interchange
-        assert (jax.tree.structure(state) == jax.tree.structure(ref_state))
+        assert jax.tree.structure(state) == jax.tree.structure(ref_state)
         assert jax.tree.map(jnp.shape, state) == jax.tree.map(jnp.shape, ref_state)
     for seed in (1, 2, 3):
         grads = _tree(seed)
