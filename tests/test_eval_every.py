@@ -57,7 +57,7 @@ def env(tmp_path_factory) -> dict:
 
 
 def _run(module: str, *args: str) -> str:
-    """A command with LLVM at -O0 (tests/conftest.py): the training run, its in-training
+    """A command compiled fast (tests/conftest.py): the training run, its in-training
     evaluations and the standalone ones all compiled alike, each running a few steps."""
     env = {**os.environ, "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}
     p = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,

@@ -16,10 +16,9 @@ replicated over fsdp: both processes hold both data coordinates, so both read al
 These runs compile the sharded train step (minutes on a CPU), so each test runs its processes
 at once and shares one persistent compilation cache (process 0 of a run writes it; the export
 CLI's second call reads the first one's init program from it). The training processes compile
-with LLVM at -O0 (`--xla_backend_optimization_level=0`, `COMPILE_FLAGS`): the same HLO programs,
-no fast-math at either level, in about 60% of the CPU time (measured on this 2-core machine,
-loaded: a process compiling the step 112 -> 70 s of CPU, the init 41 -> 25 s;
-experiments/RESULTS.md, "Test suite time"); their few steps run slower, which these runs do not
+fast (`tests.conftest.FAST_COMPILE_XLA_FLAGS`: LLVM at -O0, XLA:CPU's classic fusion emitters):
+the same HLO programs, no fast-math either way, in less than half the CPU time
+(experiments/RESULTS.md, "Test suite time"); their few steps run slower, which these runs do not
 notice. Rounding may differ from a default build (e.g. FMA contraction), so every run of a
 comparison is compiled with the same flags; the tolerances are those of the default build.
 """

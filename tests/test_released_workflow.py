@@ -270,7 +270,7 @@ def test_finetune_from_converted_official_checkpoint_cli(official, tmp_path):
     # and its tokenizer (490 tokens + [SEG]: fewer than the 500 embedding rows).
     merged = test_convert_segearth_r2._write(official[0], tmp_path / "merged")
     text.train_tokenizer(merged, corpus, vocab_size=490)
-    # The run's compilation cache and LLVM -O0 (tests/conftest.py): each command compiles the
+    # The run's compilation cache and fast compiles (tests/conftest.py): each command compiles the
     # tiny model and runs it for a few steps; the export is compared to the converted weights
     # exactly (lr 0), the rest are smoke checks.
     env = {**os.environ, "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}

@@ -1,7 +1,8 @@
 """The jitted train step under different device layouts and process counts (tiny model, CPU).
 
 Each layout runs in its own subprocess (`tests/train_probe.py`): the device count is fixed when
-JAX starts. All runs use the paper's trainable set, so the single-device run also checks that
+JAX starts; each compiles with `tests.conftest.FAST_COMPILE_XLA_FLAGS` (two steps: the compile is
+the cost). All runs use the paper's trainable set, so the single-device run also checks that
 frozen parameters never move while LoRA, lm_head and the decoders do.
 """
 

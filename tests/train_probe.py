@@ -31,7 +31,10 @@ def main() -> None:
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--sgd", type=float, default=None)
     a = p.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={a.devices}"
+    from tests.conftest import FAST_COMPILE_XLA_FLAGS  # a few steps: compiled fast
+
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={a.devices} "
+                               f"{FAST_COMPILE_XLA_FLAGS}")
 
     import jax
 
