@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-import tests.conftest  # noqa: F401  (the offline environment of conftest)
+import tests.conftest  # the offline environment and the compile flags of conftest
 from segearth_jax import checkpoint
 from segearth_jax.input.sources import open_source
 
@@ -50,8 +50,10 @@ def _run(env: dict, module: str, *args: str, check: bool = True) -> subprocess.C
 
 def _train(env: dict, workdir: Path, *extra: str, check: bool = True):
     """The training command with the test hooks of tests/train_hooks.py (the data order of each
-    step; an optional SIGKILL)."""
-    return _run(env, "tests.train_hooks", "--config", "configs/tiny.py", "--workdir",
+    step; an optional SIGKILL), compiled fast (tests/conftest.py; every run here alike: six
+    steps, the compile is the cost)."""
+    fast = {**env, "env": {**env["env"], "XLA_FLAGS": tests.conftest.FAST_COMPILE_XLA_FLAGS}}
+    return _run(fast, "tests.train_hooks", "--config", "configs/tiny.py", "--workdir",
                 str(workdir), *env["flags"], "--config.total_steps=6",
                 "--config.checkpoint.every=2", "--log_data_order", *extra, check=check)
 
